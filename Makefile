@@ -1,0 +1,32 @@
+# Two set-up commands that work on a fresh machine (they create .venv and install what they need):
+#   make demo   - the main job end to end on the built-in data and model
+#   make test   - the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The real FSDD recordings when they sit beside the checkout; otherwise speech is synthesized with espeak-ng.
+FSDD ?= $(wildcard ../shared/data/fsdd)
+export EDGEKIT_FSDD ?= $(FSDD)
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+# torch is pinned (==2.13.0) in pyproject.toml and installed in the same pip command as what depends on it,
+# so pip takes the CPU build instead of a multi-GB CUDA one.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/edgekit doctor
+	$(VENV)/bin/edgekit train --preset tiny --fusion attention --out runs/demo/model
+	$(VENV)/bin/edgekit evaluate runs/demo/model
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Backends: ONNX Runtime, OpenVINO, TensorRT (each imported lazily)."""

@@ -1,0 +1,105 @@
+"""The backend contract: compile an ONNX file into a target artifact, load it as a Runner.
+A backend whose library is missing reports why through `available()`; nothing here imports it."""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.io import atomic_write_json
+from edgekit.spec import ModelSpec
+
+
+@dataclass
+class Artifact:
+    """What compile() produced: the file a runtime loads, plus how it was built (saved as artifact.json)."""
+
+    backend: str
+    path: Path  # the file the runtime loads (model.onnx / model.xml / model.engine)
+    spec: ModelSpec
+    precision: str = "fp32"  # fp32 | fp16 | int8 (what the graph carries, e.g. Q/DQ)
+    options: dict = field(default_factory=dict)  # every build setting, so a result can be reproduced
+    meta: dict = field(default_factory=dict)  # build seconds, sizes, versions, parity, ...
+
+    def save(self) -> Path:
+        d = asdict(self)
+        d["path"] = self.path.name
+        d["spec"] = self.spec.model_dump()
+        out = self.path.parent / "artifact.json"
+        atomic_write_json(out, d)
+        return out
+
+    @classmethod
+    def load(cls, path) -> "Artifact":
+        p = Path(path)
+        meta = p / "artifact.json" if p.is_dir() else p.parent / "artifact.json"
+        if not meta.exists():
+            raise EdgekitError(f"{p} is not a compiled edgekit artifact (no artifact.json)", "compile one with `edgekit compile MODEL.onnx --backend NAME --out DIR`")
+        try:
+            d = json.loads(meta.read_text())
+            return cls(**dict(d, path=meta.parent / d["path"], spec=ModelSpec.model_validate(d["spec"])))
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            raise EdgekitError(f"{meta} is corrupt ({type(e).__name__}: {e})", "recompile the artifact") from e
+
+
+class Runner(ABC):
+    """run({input name: array}) -> {output name: array}. Feeds are checked against the spec first."""
+
+    def __init__(self, spec: ModelSpec, settings: dict | None = None):
+        self.spec = spec
+        self.settings = settings or {}
+
+    def run(self, feed: dict) -> dict[str, np.ndarray]:
+        self.spec.check_feed(feed)
+        return self._run(feed)
+
+    @abstractmethod
+    def _run(self, feed: dict) -> dict[str, np.ndarray]: ...
+
+    def bind(self, feed: dict):
+        """Prepare a feed once and return a zero-argument callable that runs it: what the benchmark times,
+        so converting or copying inputs in Python is not counted as model time. Backends override this."""
+        self.spec.check_feed(feed)
+        return lambda: self._run(feed)
+
+
+class Backend(ABC):
+    name: str = ""
+    install_hint: str = ""
+
+    @abstractmethod
+    def available(self) -> tuple[bool, str]: ...
+
+    @abstractmethod
+    def compile(self, onnx_path: Path, spec: ModelSpec, options: dict, out_dir: Path) -> Artifact: ...
+
+    @abstractmethod
+    def load(self, artifact: Artifact, **settings) -> Runner: ...
+
+    def require(self) -> None:
+        ok, why = self.available()
+        if not ok:
+            raise EdgekitError(f"backend '{self.name}' is not available: {why}", self.install_hint)
+
+
+_REGISTRY = {
+    "onnxruntime": "edgekit.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edgekit.backends.openvino:OpenVINOBackend",
+    "tensorrt": "edgekit.backends.tensorrt:TensorRTBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise EdgekitError(f"unknown backend '{name}'", f"choose one of: {', '.join(_REGISTRY)}")
+    from edgekit.checkpoint import resolve_factory
+
+    return resolve_factory(_REGISTRY[name])()
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)

@@ -1,0 +1,98 @@
+"""Safe checkpoints: `model.safetensors` (weights) + `config.json` (how to rebuild the model, its ModelSpec
+and where it came from). Nothing is ever unpickled: a .pt/.pth file is read with weights_only=True."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekit.errors import EdgekitError
+from edgekit.io import atomic_path, atomic_write_json, file_sha256
+from edgekit.spec import ModelSpec
+
+FORMAT = "edgekit-checkpoint/1"
+DEFAULT_FACTORY = "edgekit.models:build_model"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, or torch.save's zip of pickles
+
+
+def resolve_factory(ref: str):
+    """'pkg.module:function' -> the function (a user's model plugs in this way)."""
+    mod, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise EdgekitError(f"cannot import model factory '{ref}': {e}", "give it as 'package.module:function' importable from here") from e
+
+
+def save(model: nn.Module, spec: ModelSpec, out_dir, config: dict, factory: str = DEFAULT_FACTORY, **meta) -> Path:
+    """Writes weights then config.json (config last: its presence marks a complete checkpoint)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.safetensors", suffix=".safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(out / "config.json", {"format": FORMAT, "factory": factory, "model": config, "spec": spec.model_dump(),
+                                            "weights_sha256": file_sha256(out / "model.safetensors"), **meta})
+    return out
+
+
+def _paths(path) -> tuple[Path, Path]:
+    p = Path(path)
+    if not p.exists():
+        raise EdgekitError(f"checkpoint {p} does not exist", "pass a folder with model.safetensors + config.json (from `edgekit train`)")
+    if p.is_dir():
+        weights = next((p / n for n in ("model.safetensors", "model.pt", "model.pth") if (p / n).exists()), p / "model.safetensors")
+        return weights, p / "config.json"
+    return p, p.parent / "config.json"
+
+
+def read_config(path) -> dict:
+    _, cfg_path = _paths(path)
+    if not cfg_path.exists():
+        raise EdgekitError(f"checkpoint config {cfg_path} is missing", "a checkpoint is model.safetensors plus the config.json written beside it by `edgekit train`")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgekitError(f"checkpoint config {cfg_path} is not valid JSON ({e})", "restore it from the original checkpoint") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg or "spec" not in cfg:
+        raise EdgekitError(f"{cfg_path} is not an edgekit checkpoint config (format {FORMAT})", "write checkpoints with `edgekit train` or edgekit.checkpoint.save")
+    return cfg
+
+
+def read_state(weights: Path) -> dict[str, torch.Tensor]:
+    if not weights.exists():
+        raise EdgekitError(f"checkpoint weights {weights} are missing", "copy model.safetensors next to config.json")
+    with open(weights, "rb") as f:
+        head = f.read(4)
+    if weights.suffix in (".pt", ".pth"):
+        try:
+            return torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses arbitrary pickles: that is the point
+            raise EdgekitError(f"{weights} is not a plain tensor file ({type(e).__name__})", "edgekit loads only safetensors or weights-only state dicts; re-save with safetensors") from e
+    if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
+        raise EdgekitError(f"{weights} contains a pickle, not safetensors; edgekit never unpickles checkpoints", "convert it: safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EdgekitError(f"checkpoint weights {weights} are corrupt or truncated ({e})", "re-copy or re-create the checkpoint") from e
+
+
+def load(path) -> tuple[nn.Module, ModelSpec, dict]:
+    """(model in eval mode, its ModelSpec, the whole config.json) — never unpickles."""
+    weights, _ = _paths(path)
+    cfg = read_config(path)
+    state = read_state(weights)
+    model = resolve_factory(cfg.get("factory", DEFAULT_FACTORY))(cfg["model"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise EdgekitError(f"weights in {weights} do not match the model in its config.json: {' '.join(first)[:300]}", "use the config.json saved with these weights") from e
+    return model.eval(), ModelSpec.model_validate(cfg["spec"]), cfg

@@ -1,0 +1,1 @@
+"""Compression passes: nn.Module in, nn.Module out, each records what it did."""

@@ -1,0 +1,93 @@
+"""The contract every stage shares: what a model takes and returns, by name."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.errors import EdgekitError
+
+MASK_INPUT = "modality_mask"
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[Optional[int]]  # None = dynamic (the batch axis)
+    dtype: Literal["float32", "int64", "float16", "int32"] = "float32"
+    modality: Optional[str] = None  # None for auxiliary inputs such as the modality mask
+    optional: bool = False  # an optional modality may be missing: fed as zeros + mask bit 0
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "logits"
+    shape: list[Optional[int]]
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec]
+    class_names: list[str]
+    modalities: list[str] = Field(default_factory=list)  # order of the modality_mask columns
+    preprocessing: dict = Field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def input(self, name: str) -> InputSpec:
+        for i in self.inputs:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs of the right names, shapes and dtypes (all modalities present)."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for i in self.inputs:
+            shape = [batch if d is None else d for d in i.shape]
+            if i.name == MASK_INPUT:
+                out[i.name] = np.ones(shape, np.float32)
+            elif i.dtype.startswith("int"):
+                out[i.name] = rng.integers(1, self.preprocessing.get("vocab_size", 2), size=shape).astype(i.dtype)
+            else:
+                out[i.name] = rng.standard_normal(shape).astype(i.dtype)
+        return out
+
+    def check_feed(self, feed: dict) -> None:
+        """Raise a clear error if a feed's names, shapes or dtypes do not match this spec."""
+        expected = ", ".join(f"{i.name}{_fmt(i.shape)}:{i.dtype}" for i in self.inputs)
+        names = set(feed)
+        want = set(self.input_names)
+        if names != want:
+            missing, extra = sorted(want - names), sorted(names - want)
+            raise EdgekitError(
+                f"input names do not match the model: missing {missing}, unexpected {extra}",
+                f"the model expects {expected}",
+            )
+        for i in self.inputs:
+            arr = feed[i.name]
+            shape = list(arr.shape)
+            ok = len(shape) == len(i.shape) and all(d is None or d == s for d, s in zip(i.shape, shape))
+            if not ok:
+                raise EdgekitError(f"input '{i.name}' has shape {shape}, expected {_fmt(i.shape)}", f"the model expects {expected}")
+            if str(arr.dtype) != i.dtype:
+                raise EdgekitError(f"input '{i.name}' has dtype {arr.dtype}, expected {i.dtype}", f"cast it with .astype('{i.dtype}')")
+            if i.dtype.startswith("float") and not np.isfinite(arr).all():
+                raise EdgekitError(f"input '{i.name}' contains NaN or Inf", "clean or impute the input before inference")
+
+
+def _fmt(shape) -> str:
+    return "[" + ",".join("B" if d is None else str(d) for d in shape) + "]"
