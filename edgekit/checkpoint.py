@@ -32,7 +32,13 @@ def save(model: nn.Module, spec: ModelSpec, out_dir, config: dict, factory: str 
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().contiguous().cpu()
+        if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared tensors (tied weights, a shared quantizer)
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        state[k] = t
     with atomic_path(out / "model.safetensors", suffix=".safetensors") as tmp:
         save_file(state, str(tmp))
     atomic_write_json(out / "config.json", {"format": FORMAT, "factory": factory, "model": config, "spec": spec.model_dump(),
@@ -89,10 +95,25 @@ def load(path) -> tuple[nn.Module, ModelSpec, dict]:
     weights, _ = _paths(path)
     cfg = read_config(path)
     state = read_state(weights)
-    model = resolve_factory(cfg.get("factory", DEFAULT_FACTORY))(cfg["model"])
+    spec = ModelSpec.model_validate(cfg["spec"])
+    model = _restore_compression(resolve_factory(cfg.get("factory", DEFAULT_FACTORY))(cfg["model"]), cfg, spec)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0:3]
         raise EdgekitError(f"weights in {weights} do not match the model in its config.json: {' '.join(first)[:300]}", "use the config.json saved with these weights") from e
-    return model.eval(), ModelSpec.model_validate(cfg["spec"]), cfg
+    return model.eval(), spec, cfg
+
+
+def _restore_compression(model: nn.Module, cfg: dict, spec: ModelSpec) -> nn.Module:
+    """A compressed variant is its factory's model with the saved pruning plan replayed (when its config could
+    not express the pruned widths) and its saved INT8 quantizers re-inserted, before the weights load."""
+    if cfg.get("pruning_plan"):
+        from edgekit.passes.prune import apply_plan
+
+        model = apply_plan(model, cfg["pruning_plan"], spec)
+    if cfg.get("quantization"):
+        from edgekit.passes.quantize import restore
+
+        model = restore(model, cfg["quantization"]["nncf"])
+    return model

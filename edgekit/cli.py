@@ -95,6 +95,124 @@ def evaluate(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", h
         _print_metrics(metrics)
 
 
+@app.command()
+def compress(checkpoint_path: Optional[Path] = typer.Argument(None, metavar="CHECKPOINT", help="checkpoint folder (default: the recipe's model)"),
+             recipe: Path = typer.Option(..., "--recipe", "-r", help="recipe YAML, e.g. recipes/quickstart.yaml"),
+             out: Path = typer.Option(..., "--out", "-o", help="run directory to write (variants/<name>/...)"),
+             variant: Optional[list[str]] = typer.Option(None, "--variant", help="only these variants (repeatable)"),
+             force: bool = typer.Option(False, "--force", help="redo variants even if their inputs are unchanged")):
+    """Turn one trained model into the recipe's variants (prune, distill, INT8), each judged on its exported graph."""
+    from edgekit.pipeline import compress as run_compress, print_table
+
+    print_table(run_compress(checkpoint_path, recipe, out, only=variant, force=force))
+    console.print(f"run directory: {out} (compress.json, variants/<name>/metrics.json)")
+
+
+@app.command()
+def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint folder (model.safetensors + config.json)"),
+           out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write"),
+           opset: int = typer.Option(17, help="ONNX opset (17 is read by TensorRT 10.3, ONNX Runtime and OpenVINO)"),
+           fp16: bool = typer.Option(False, "--fp16", help="also write <out>.fp16.onnx (float16 inside, float32 I/O; TensorRT 11's FP16)"),
+           fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP)):
+    """Export a checkpoint to ONNX (dynamic batch, Q/DQ for INT8) and check parity with the torch model."""
+    from edgekit.export import export_checkpoint, to_fp16_onnx
+
+    reports = [export_checkpoint(checkpoint_path, out, fsdd=fsdd, opset=opset)]
+    if fp16:
+        reports.append(to_fp16_onnx(out, out.with_suffix(".fp16.onnx")))
+    for r in reports:
+        p = r["parity"]
+        console.print(f"{r['path']}: {r['precision']}, {r['nodes']} nodes, {r['size_bytes'] / 2**20:.2f} MiB; parity on {p['n']} samples: "
+                      f"top-1 agreement {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}", highlight=False)
+
+
+@app.command(name="compile")
+def compile_cmd(onnx_path: Path = typer.Argument(..., metavar="MODEL.onnx", help="ONNX file (from edgekit export)"),
+                backend: str = typer.Option(..., help="onnxruntime | openvino | tensorrt"),
+                out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write"),
+                precision: str = typer.Option("auto", help="auto (what the ONNX carries) | fp32 | fp16 | int8"),
+                threads: Optional[int] = typer.Option(None, help="inference threads (default: the backend's)")):
+    """Compile an ONNX file for a backend, then check the artifact's parity with the torch model."""
+    from edgekit.backends import compile_onnx
+
+    art = compile_onnx(onnx_path, backend, out, {"precision": precision, "threads": threads})
+    p = art.meta["parity"]
+    console.print(f"{art.backend} {art.precision} artifact: {art.path} ({art.meta.get('size_bytes', 0) / 2**20:.2f} MiB, "
+                  f"{art.meta.get('compile_seconds', 0):.1f} s); parity top-1 {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}", highlight=False)
+
+
+TARGET_HELP = "device: ssh://user@host[:port][?python=/usr/bin/python3&workdir=/path] (repeat: several run at once)"
+RUNTIME_HELP = "on the device: tensorrt | onnxruntime | auto (TensorRT when it is there)"
+
+
+@app.command()
+def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compiled artifact folder, or a checkpoint with --backend torch; with --target: an ONNX file (or folder with model.onnx)"),
+          backend: Optional[str] = typer.Option(None, help="onnxruntime | openvino | tensorrt | torch (default: the artifact's)"),
+          batch: list[int] = typer.Option([1, 8], "--batch", "-b", help="batch size (repeat for several)"),
+          iterations: Optional[int] = typer.Option(None, help="exactly N timed calls (default: run for --min-seconds)"),
+          min_seconds: float = typer.Option(2.0, help="minimum timed duration per batch size"),
+          warmup: int = typer.Option(10, help="warm-up calls"),
+          threads: Optional[int] = typer.Option(None, help="inference threads (default: the artifact's)"),
+          out: Optional[Path] = typer.Option(None, help="folder for bench-<backend>.json (default: beside the artifact)"),
+          as_json: bool = typer.Option(False, "--json", help="print the JSON instead of the table"),
+          target: list[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
+          runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+          accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust a device not yet in known_hosts (adds its key)"),
+          identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key (default: ssh-agent, ~/.ssh/id_*)"),
+          known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="default ~/.ssh/known_hosts")):
+    """Latency (min/mean/median/p90/p95/p99/max, CV), throughput, cold start, memory; saved as bench-<backend>.json.
+    With --target the engine is built and timed on each device (bench-<device>.json beside the ONNX)."""
+    if target:
+        from edgekit.deploy import bench_remote, print_summary, raise_failures
+
+        protocol = {"batch_sizes": batch, "warmup": warmup, "iterations": iterations, "min_seconds": min_seconds}
+        summaries = bench_remote(artifact, target, runtime, accept_new_host, identity, known_hosts, bench=protocol, check=False)
+        if as_json:
+            print(json.dumps(summaries, indent=2, default=str))
+        else:
+            print_summary(summaries)
+        raise_failures(summaries)
+        return
+    from edgekit.bench import bench_artifact, print_result, save
+
+    result = bench_artifact(artifact, backend, batch_sizes=batch, warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads)
+    path = save(result, out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_result(result)
+        console.print(f"saved {path}")
+
+
+@app.command()
+def deploy(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory with variants/*/model.onnx"),
+           target: list[str] = typer.Option(..., "--target", "-t", help=TARGET_HELP),
+           runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+           accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust a device not yet in known_hosts (adds its key)"),
+           identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key (default: ssh-agent, ~/.ssh/id_*)"),
+           known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="default ~/.ssh/known_hosts"),
+           samples: int = typer.Option(200, help="evaluation samples checked on the device"),
+           variant: list[str] = typer.Option([], "--variant", help="only this variant (repeat for several)")):
+    """Build each variant's engine on the device over SSH, check accuracy and parity there, benchmark it and sample
+    power; results, fingerprint and engines come back into RUN_DIR/targets/<device>/. Rerun to resume."""
+    from edgekit.deploy import deploy as deploy_run, print_summary, raise_failures
+
+    summaries = deploy_run(run_dir, target, runtime, accept_new_host, identity, known_hosts, samples, variants=variant or None, check=False)
+    print_summary(summaries)
+    raise_failures(summaries)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory holding results.json")):
+    """Accuracy-vs-latency report: report.md, a self-contained report.html and the plots (PNG) from results.json."""
+    from edgekit.report import write_report
+
+    out = write_report(run_dir)
+    for line in out["recommendation"]:
+        console.print(line, highlight=False, soft_wrap=True)
+    print(out["html"])
+
+
 def _print_metrics(m: dict) -> None:
     from rich.table import Table
 

@@ -1,0 +1,260 @@
+"""The device agent: for each variant of a bundle, build (or reuse) its engine, check accuracy and parity on
+the bundle's samples, time it with edgekit's latency protocol and sample board power while it runs.
+
+    python3 -m edgekit_agent run --out results [--runtime tensorrt|onnxruntime|auto] [--only a,b] [--mode bench]
+    python3 -m edgekit_agent fingerprint
+
+Progress goes to stdout as JSON lines ({"event": ...}); each finished variant is written to
+`<out>/<variant>.json` at once (temp + rename), so a dropped connection loses at most the variant in flight."""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The same protocol as `edgekit bench` (edgekit/bench.py); the manifest may override any of it.
+BENCH_DEFAULTS = {"batch_sizes": [1, 8], "warmup": 10, "warmup_seconds": 0.5, "iterations": None, "min_seconds": 2.0,
+                  "max_seconds": 60.0, "power_seconds": 5.0}
+
+
+def emit(event: str, **fields) -> None:
+    try:
+        sys.stdout.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=_jsonable) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the host went away: nobody will fetch more results, and a rerun starts afresh
+        raise SystemExit(4) from None
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def write_json(path: str, obj) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _latency():
+    try:
+        from . import latency  # the bundle carries a verbatim copy of edgekit/latency.py
+    except ImportError:
+        from edgekit import latency  # running from an edgekit checkout
+    return latency
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+def load_npz(path: str) -> dict:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def sample_feed(spec: dict, samples: dict | None, batch: int, seed: int = 0) -> dict:
+    """A feed of `batch` real samples (cycled), or random inputs of the spec's shapes when there are none."""
+    import numpy as np
+
+    if samples:
+        n = len(samples["labels"])
+        idx = np.arange(batch) % n
+        return {i["name"]: samples[i["name"]][idx] for i in spec["inputs"]}
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for i in spec["inputs"]:
+        shape = [batch if d is None else d for d in i["shape"]]
+        if i["name"] == "modality_mask":
+            feed[i["name"]] = np.ones(shape, np.float32)
+        elif i.get("dtype", "float32").startswith("int"):
+            feed[i["name"]] = rng.integers(0, 2, size=shape).astype(i["dtype"])
+        else:
+            feed[i["name"]] = rng.standard_normal(shape).astype(i.get("dtype", "float32"))
+    return feed
+
+
+def predict_all(runner, spec: dict, samples: dict, batch: int):
+    import numpy as np
+
+    out_name = spec["outputs"][0]["name"]
+    names = [i["name"] for i in spec["inputs"]]
+    n = len(samples["labels"])
+    logits = []
+    for s in range(0, n, batch):
+        logits.append(runner.run({k: samples[k][s : s + batch] for k in names})[out_name])
+    return np.concatenate(logits).astype(np.float32)
+
+
+def classification(labels, pred, num_classes: int) -> dict:
+    import numpy as np
+
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    present = cm.sum(1) > 0
+    return {"n": int(len(labels)), "accuracy": float((labels == pred).mean()), "f1_macro": float(f1[present].mean())}
+
+
+def parity(reference, logits) -> dict:
+    import numpy as np
+
+    ref, cand = np.asarray(reference, np.float64), np.asarray(logits, np.float64)
+    diff = np.abs(ref - cand)
+    return {"n": int(len(ref)), "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "finite": bool(np.isfinite(cand).all())}
+
+
+# ---- one variant -------------------------------------------------------------------------------------------
+
+def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | None, fp: dict) -> dict:
+    from . import power
+    from .predictor import open_runner
+
+    name, spec = entry["name"], entry["spec"]
+    build = manifest.get("build") or {}
+    bench = {**BENCH_DEFAULTS, **(manifest.get("bench") or {})}
+    t0 = time.perf_counter()
+    emit("variant_stage", variant=name, stage="load")
+    runner, info = open_runner(bundle, entry, args.runtime, build=build, cache_dir=args.cache)
+    result = {"variant": name, "onnx_sha256": entry["sha256"], "precision": entry.get("precision"), "runtime": info,
+              "load_seconds": round(time.perf_counter() - t0, 3), "mode": args.mode}
+    if info["runtime"] == "tensorrt":
+        os.makedirs(os.path.join(bundle, "engines"), exist_ok=True)
+        shipped = os.path.join(bundle, "engines", name + ".engine")
+        if os.path.abspath(info["engine"]) != os.path.abspath(shipped):
+            shutil.copyfile(info["engine"], shipped)  # fetched by the host; also what runtime.load() will use here
+        result["engine"] = {"file": f"engines/{name}.engine", "bytes": os.path.getsize(shipped), **{k: v for k, v in (info.get("build") or {}).items() if k != "plan"}}
+        result["build_plan"] = (info.get("build") or {}).get("plan")
+        layers = runner.layer_info(sample_feed(spec, samples, build.get("batch", {}).get("opt", 1)))
+        write_json(os.path.join(args.out, f"{name}.layers.json"), layers)
+        result["layer_precision_counts"] = layers["counts"]
+    eval_batch = max(1, int((build.get("batch") or {}).get("max", 8))) if info["runtime"] == "tensorrt" else 32
+    if args.mode == "deploy" and samples:
+        emit("variant_stage", variant=name, stage="accuracy")
+        logits = predict_all(runner, spec, samples, eval_batch)
+        result["accuracy"] = classification(samples["labels"], logits.argmax(1), len(spec.get("class_names") or []) or logits.shape[1])
+        ref_path = os.path.join(bundle, entry["reference"]) if entry.get("reference") else None
+        if ref_path and os.path.exists(ref_path):
+            ref = load_npz(ref_path)
+            result["parity"] = dict(parity(ref["logits"], logits), reference=entry.get("reference_source", "host reference"))
+            p = result["parity"]
+            p["min_top1"] = float(manifest.get("parity_min_top1", {}).get(entry.get("precision") or "fp32", 0.99))
+            p["passed"] = bool(p["finite"] and p["top1_agreement"] >= p["min_top1"])
+    lat = _latency()
+    result["batches"] = {}
+    for b in bench["batch_sizes"]:
+        emit("variant_stage", variant=name, stage=f"bench batch {b}")
+        call = runner.bind(sample_feed(spec, samples, int(b)))
+        times = lat.measure(call, warmup=int(bench["warmup"]), warmup_seconds=float(bench["warmup_seconds"]),
+                            iterations=bench["iterations"], min_seconds=float(bench["min_seconds"]),
+                            max_seconds=float(bench["max_seconds"]))
+        result["batches"][str(b)] = {"batch": int(b), "latency_ms": lat.summarize(times),
+                                     "throughput_per_s": lat.throughput(times, int(b)), "times_ms": [t * 1000 for t in times]}
+    result["protocol"] = dict(bench, timer="time.perf_counter per call", percentiles="nearest rank", gc="paused while timing",
+                              concurrency="1 request at a time",
+                              inputs="the bundle's samples (cycled to the batch size)" if samples else "random from the spec (seed 0)",
+                              timed="h2d + execute + d2h + sync" if info["runtime"] == "tensorrt" else "session.run on bound numpy inputs")
+    if fp.get("tegrastats") or args.tegrastats:
+        emit("variant_stage", variant=name, stage="power")
+        b = int(bench["batch_sizes"][0])
+        result["power"] = power.measure_energy(runner.bind(sample_feed(spec, samples, b)), float(bench["power_seconds"]), b,
+                                               command=args.tegrastats)
+    else:
+        result["power"] = {"available": False, "reason": "tegrastats not found (not a Jetson?)"}
+    if hasattr(runner, "close"):
+        runner.close()
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _error_kind(e: BaseException) -> tuple[str, str, list[str]]:
+    from .trt import BuildError, PlanError
+
+    if isinstance(e, PlanError):
+        return "plan", e.hint, []
+    if isinstance(e, BuildError):
+        return "build", "read the TensorRT lines above; try a larger workspace_mb or another precision", e.key_lines
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return "disk_full", "free space on the device or deploy with ?workdir= on a larger disk", []
+    if isinstance(e, ImportError):
+        return "runtime_missing", "install the runtime on the device or use --runtime onnxruntime", []
+    return "error", "", traceback.format_exc().splitlines()[-6:]
+
+
+def cmd_run(args) -> int:
+    bundle = os.getcwd() if args.bundle is None else args.bundle
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
+    wanted = [v for v in manifest["variants"] if not args.only or v["name"] in args.only.split(",")]
+    emit("start", variants=[v["name"] for v in wanted], pid=os.getpid(), bundle=bundle)
+    from . import fingerprint
+
+    fp = fingerprint.collect(args.out)
+    write_json(os.path.join(args.out, "fingerprint.json"), fp)
+    emit("fingerprint", file="fingerprint.json")
+    samples_path = os.path.join(bundle, manifest["samples"]["file"]) if manifest.get("samples") else None
+    samples = load_npz(samples_path) if samples_path and os.path.exists(samples_path) else None
+    failed = 0
+    for entry in wanted:
+        emit("variant_start", variant=entry["name"])
+        try:
+            result = run_variant(bundle, manifest, entry, args, samples, fp)
+            result["device"] = {k: fp.get(k) for k in ("hostname", "board", "tensorrt", "power_mode", "jetpack")}
+            write_json(os.path.join(args.out, f"{entry['name']}.json"), result)
+            emit("variant_done", variant=entry["name"], file=f"{entry['name']}.json",
+                 engine=result.get("engine", {}).get("file"), layers=f"{entry['name']}.layers.json" if "engine" in result else None)
+        except Exception as e:  # one variant failing must not lose the others
+            kind, hint, lines = _error_kind(e)
+            emit("variant_error", variant=entry["name"], kind=kind, message=str(getattr(e, "message", e)).splitlines()[0][:500],
+                 hint=hint, key_lines=lines)
+            failed += 1
+            if kind == "disk_full":
+                emit("fatal", kind=kind, message=str(e), hint=hint)
+                return 3
+    emit("done", failed=failed)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="edgekit_agent")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--bundle", default=None)
+    run.add_argument("--out", default="results")
+    run.add_argument("--runtime", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    run.add_argument("--cache", default=None, help="engine cache folder (default ~/.cache/edgekit/engines)")
+    run.add_argument("--only", default="", help="comma-separated variant names")
+    run.add_argument("--mode", default="deploy", choices=["deploy", "bench"])
+    run.add_argument("--tegrastats", default=None, help="tegrastats executable (default: from PATH)")
+    sub.add_parser("fingerprint")
+    args = ap.parse_args(argv)
+    if args.cmd == "fingerprint":
+        from . import fingerprint
+
+        print(json.dumps(fingerprint.collect(), indent=2, default=_jsonable))
+        return 0
+    try:
+        return cmd_run(args)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            emit("fatal", kind="disk_full", message=str(e), hint="free space on the device")
+            return 3
+        raise

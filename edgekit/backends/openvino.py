@@ -1,0 +1,117 @@
+"""OpenVINO (CPU first): compile() reads the ONNX (Q/DQ pairs become INT8 FakeQuantize that the CPU plugin runs
+as int8) and saves the IR (model.xml/.bin); load() compiles it with the latency hint and a model cache, so the
+second load of the same artifact skips compilation."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import Artifact, Backend, Runner
+from edgekit.errors import EdgekitError
+from edgekit.io import atomic_path
+
+
+class OpenVINORunner(Runner):
+    def __init__(self, compiled, spec, settings):
+        super().__init__(spec, settings)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self._outputs = [(o, o.get_any_name()) for o in compiled.outputs]
+
+    def _run(self, feed):
+        res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        return {name: np.array(res[port]) for port, name in self._outputs}  # copies: the request reuses its buffers
+
+    def bind(self, feed):
+        """Input tensors set once on the infer request, sharing the numpy memory: a timed call is infer() only."""
+        import openvino as ov
+
+        self.spec.check_feed(feed)
+        keep = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        for name, arr in keep.items():
+            self.request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
+
+        def call():
+            self.request.infer()
+        call.keep = keep
+        return call
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    install_hint = "pip install 'edgekit[openvino]'"
+
+    def available(self):
+        try:
+            import openvino as ov
+        except Exception as e:  # noqa: BLE001 — a broken install is as unavailable as a missing one
+            return False, f"openvino not importable: {e}"
+        return True, f"openvino {ov.get_version()}, devices {', '.join(ov.Core().available_devices)}"
+
+    def compile(self, onnx_path, spec, options, out_dir):
+        """Options: device (default CPU), precision (auto|fp32|fp16|int8; fp16 = weights stored as fp16 and an f16
+        inference hint), threads (default: all the plugin's), hint (LATENCY|THROUGHPUT, default LATENCY)."""
+        import onnx
+        import openvino as ov
+
+        from edgekit.export import onnx_precision
+
+        self.require()
+        onnx_path, out = Path(onnx_path), Path(out_dir)
+        have = onnx_precision(onnx.load(str(onnx_path), load_external_data=False))
+        precision = options.get("precision", "auto")
+        if precision == "fp16" and have == "fp32":
+            have = "fp16"
+        elif precision not in ("auto", have):
+            raise EdgekitError(f"{onnx_path} is {have}, not {precision}", "for int8 export a quantized model (Q/DQ); fp16 is applied to an fp32 ONNX")
+        opts = {"device": options.get("device", "CPU"), "hint": options.get("hint", "LATENCY").upper(),
+                "threads": int(options["threads"]) if options.get("threads") else None,
+                # f32 keeps fp32 numerics even where the plugin would default to bf16; quantized parts still run int8
+                "inference_precision": "f16" if have == "fp16" else "f32", "compress_to_fp16": have == "fp16"}
+        t0 = time.perf_counter()
+        try:
+            # convert_model, not read_model: its offline passes store Q/DQ weights as int8 in the IR
+            model = ov.convert_model(str(onnx_path))
+        except Exception as e:  # noqa: BLE001 — the ONNX frontend raises several types
+            raise EdgekitError(f"OpenVINO cannot read {onnx_path}: {str(e).splitlines()[0][:300]}", "check the opset and ops with `onnx.checker`; re-export with edgekit export") from e
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / "cache", ignore_errors=True)  # blobs of a previous compile would only pile up
+        xml = out / "model.xml"
+        with atomic_path(out / "model.bin", suffix=".bin") as tmp_bin, atomic_path(xml, suffix=".xml") as tmp_xml:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=opts["compress_to_fp16"])
+            Path(tmp_xml).with_suffix(".bin").replace(tmp_bin)  # save_model names the .bin after the .xml
+        art = Artifact(backend=self.name, path=xml, spec=spec, precision=have, options=opts,
+                       meta={"source": str(onnx_path), "compile_seconds": round(time.perf_counter() - t0, 3),
+                             "size_bytes": xml.stat().st_size + (out / "model.bin").stat().st_size, "openvino": ov.get_version()})
+        art.save()
+        return art
+
+    def load(self, artifact, threads: int | None = None, hint: str | None = None, cache: bool = True):
+        import openvino as ov
+
+        self.require()
+        if not artifact.path.exists():
+            raise EdgekitError(f"artifact file {artifact.path} is missing", "recompile with `edgekit compile`")
+        o = artifact.options
+        config = {"PERFORMANCE_HINT": (hint or o.get("hint", "LATENCY")).upper(), "INFERENCE_PRECISION_HINT": o.get("inference_precision", "f32")}
+        threads = threads or o.get("threads")
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        cache_dir = artifact.path.parent / "cache"
+        cached = cache and cache_dir.is_dir() and any(cache_dir.iterdir())
+        if cache:
+            config["CACHE_DIR"] = str(cache_dir)
+        core = ov.Core()
+        compiled = core.compile_model(str(artifact.path), o.get("device", "CPU"), config)
+        props = {}
+        for key in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT"):
+            try:
+                props[key] = str(compiled.get_property(key))
+            except RuntimeError:
+                pass
+        settings = {"backend": self.name, "device": o.get("device", "CPU"), "threads": int(props.get("INFERENCE_NUM_THREADS", 0)) or threads,
+                    "config": config, "compiled_properties": props, "model_cache_hit": bool(cached), "openvino": ov.get_version()}
+        return OpenVINORunner(compiled, artifact.spec, settings)

@@ -1,0 +1,187 @@
+"""Latency benchmark of any Runner, with the protocol in edgekit.latency: inputs bound once (Runner.bind), warm-up,
+every call timed, statistics per batch size, cold start, memory, artifact size, and the environment and command
+that reproduce the numbers. `bench_artifact` is what `edgekit bench` runs; the result is one JSON document."""
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import latency
+from edgekit.backends.base import Artifact, Runner
+from edgekit.errors import EdgekitError
+from edgekit.io import atomic_write_json
+
+SCHEMA = "edgekit-bench/1"
+
+
+class TorchRunner(Runner):
+    """Torch eager (inference mode) as a Runner: the baseline every backend is compared with."""
+
+    def __init__(self, model, spec, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        super().__init__(spec, {"backend": "torch", "threads": torch.get_num_threads(), "mode": "eager, torch.inference_mode",
+                                "torch": torch.__version__})
+        self.model = model.eval()
+
+    def _tensors(self, feed):
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
+
+    def _run(self, feed):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(**self._tensors(feed))
+        return {self.spec.output_names[0]: out.numpy()}
+
+    def bind(self, feed):
+        import torch
+
+        self.spec.check_feed(feed)
+        tensors = self._tensors(feed)
+
+        def call():
+            with torch.inference_mode():
+                self.model(**tensors)
+        return call
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        return None
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def load_runner(path, backend: str | None = None, threads: int | None = None) -> tuple[Runner, dict]:
+    """(runner, artifact facts) for a compiled artifact, or for a checkpoint folder with backend 'torch'."""
+    path = Path(path)
+    if backend == "torch":
+        from edgekit import checkpoint
+
+        model, spec, _ = checkpoint.load(path)
+        weights = path / "model.safetensors" if path.is_dir() else path
+        return TorchRunner(model, spec, threads), {"path": str(path), "dir": str(path if path.is_dir() else path.parent),
+                                                   "backend": "torch", "precision": "fp32",
+                                                   "size_bytes": weights.stat().st_size if weights.exists() else None}
+    from edgekit.backends.base import get_backend
+
+    art = Artifact.load(path)
+    if backend and backend != art.backend:
+        raise EdgekitError(f"{path} is an artifact for {art.backend}, not {backend}", f"use --backend {art.backend}, or compile for {backend} first")
+    settings = {"threads": threads} if threads else {}
+    runner = get_backend(art.backend).load(art, **settings)
+    files = [art.path] + ([art.path.with_suffix(".bin")] if art.path.with_suffix(".bin").exists() else [])
+    return runner, {"path": str(art.path), "dir": str(art.path.parent), "backend": art.backend, "precision": art.precision,
+                    "size_bytes": sum(f.stat().st_size for f in files), "options": art.options}
+
+
+def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5, iterations: int | None = None,
+              min_seconds: float = 2.0, max_seconds: float = 60.0, seed: int = 0) -> dict:
+    """Time `runner` at each batch size (inputs generated from its spec, bound once). Returns the bench JSON
+    without the artifact/cold-start parts (see bench_artifact)."""
+    from edgekit.env import fingerprint
+
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise EdgekitError(f"batch sizes must be positive integers, got {list(batch_sizes)}", "e.g. --batch 1 --batch 8")
+    rss0 = _rss_mb()
+    batches = {}
+    for b in batch_sizes:
+        call = runner.bind(runner.spec.example_inputs(int(b), seed))
+        times = latency.measure(call, warmup=warmup, warmup_seconds=warmup_seconds, iterations=iterations,
+                                min_seconds=min_seconds, max_seconds=max_seconds)
+        batches[str(b)] = {"batch": int(b), "latency_ms": latency.summarize(times),
+                           "throughput_per_s": latency.throughput(times, int(b)), "times_ms": [t * 1000 for t in times]}
+    return {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "backend": runner.settings.get("backend", type(runner).__name__), "threads": runner.settings.get("threads"),
+            "settings": runner.settings, "batches": batches,
+            "high_variance": any(v["latency_ms"]["high_variance"] for v in batches.values()),
+            "memory": {"peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "rss_at_start_mb": rss0,
+                       "note": "peak_rss_mb is the whole process's peak (ru_maxrss)"},
+            "protocol": {"warmup": warmup, "warmup_seconds": warmup_seconds, "iterations": iterations, "min_seconds": min_seconds,
+                         "max_seconds": max_seconds, "cv_limit": latency.CV_LIMIT, "timer": "time.perf_counter per call",
+                         "inputs": "random from the ModelSpec (seed %d), bound once with Runner.bind" % seed,
+                         "percentiles": "nearest rank", "gc": "paused while timing", "concurrency": "1 request at a time"},
+            "environment": fingerprint()}
+
+
+def bench_command(path, backend: str, batch_sizes, warmup: int, iterations: int | None, min_seconds: float,
+                  threads: int | None) -> str:
+    args = ["edgekit", "bench", str(path), "--backend", backend] + [a for b in batch_sizes for a in ("--batch", str(b))]
+    args += ["--warmup", str(warmup)] + (["--iterations", str(iterations)] if iterations else ["--min-seconds", f"{min_seconds:g}"])
+    args += ["--threads", str(threads)] if threads else []
+    return shlex.join(args)
+
+
+def bench_artifact(path, backend: str | None = None, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5,
+                   iterations: int | None = None, min_seconds: float = 2.0, max_seconds: float = 60.0,
+                   threads: int | None = None) -> dict:
+    """Load (timed: cold start = load + first inference), then benchmark. `backend='torch'` takes a checkpoint."""
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    runner, facts = load_runner(path, backend, threads)
+    t1 = time.perf_counter()
+    runner.run(runner.spec.example_inputs(int(batch_sizes[0])))
+    t2 = time.perf_counter()
+    result = benchmark(runner, batch_sizes, warmup, warmup_seconds, iterations, min_seconds, max_seconds)
+    result["memory"]["rss_before_load_mb"] = rss0
+    result["artifact"] = facts
+    result["precision"] = facts["precision"]
+    result["cold_start_s"] = {"load": t1 - t0, "first_inference": t2 - t1, "total": t2 - t0,
+                              "note": "library import excluded" + ("; OpenVINO model cache hit" if runner.settings.get("model_cache_hit") else "")}
+    result["command"] = bench_command(path, facts["backend"], batch_sizes, warmup, iterations, min_seconds, threads)
+    return result
+
+
+def save(result: dict, out_dir=None) -> Path:
+    """bench-<backend>.json in `out_dir` (default: beside the artifact), written atomically."""
+    art = result.get("artifact", {})
+    out = Path(out_dir or art.get("dir") or Path(art.get("path", ".")))
+    path = out / f"bench-{result['backend']}.json"
+    atomic_write_json(path, result)
+    return path
+
+
+def print_result(result: dict) -> None:
+    from rich.table import Table
+
+    from edgekit.ui import console
+
+    art = result.get("artifact", {})
+    t = Table("batch", "median ms", "p90", "p99", "max", "CV", "samples/s", "n",
+              title=f"{result['backend']} {result.get('precision', '')}  {art.get('path', '')}")
+    for b in result["batches"].values():
+        s = b["latency_ms"]
+        cv = f"{s['cv']:.1%}" + (" [yellow](noisy)[/]" if s["high_variance"] else "")
+        t.add_row(str(b["batch"]), f"{s['median']:.3f}", f"{s['p90']:.3f}", f"{s['p99']:.3f}", f"{s['max']:.3f}", cv,
+                  f"{b['throughput_per_s']:.1f}", str(s["n"]))
+    console.print(t)
+    cs, mem = result.get("cold_start_s"), result["memory"]
+    if cs:
+        console.print(f"cold start {cs['total'] * 1000:.0f} ms (load {cs['load'] * 1000:.0f} + first inference {cs['first_inference'] * 1000:.0f})")
+    size = art.get("size_bytes")
+    console.print(f"threads {result['threads']}  peak RSS {mem['peak_rss_mb']:.0f} MiB" + (f"  artifact {size / 2**20:.2f} MiB" if size else ""))
+    if result["high_variance"]:
+        console.print(f"[yellow]CV above {latency.CV_LIMIT:.0%}: the machine was busy or the clock unstable; rerun before trusting the numbers[/]")
+    if result.get("command"):
+        console.print(f"reproduce: {result['command']}", highlight=False, soft_wrap=True)

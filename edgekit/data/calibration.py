@@ -1,0 +1,97 @@
+"""Calibration sets: which paired samples INT8 calibration (and Taylor pruning) sees.
+
+Samples stay paired (image, audio and text of one sample together). A set is stratified by class, and a
+chosen fraction of its samples has one modality missing (zeros + mask bit 0) so that activation ranges also
+cover what the model sees when a sensor drops out. Named definitions live as YAML in the `calibration/` folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.data import ArrayDataset
+from edgekit.errors import EdgekitError
+from edgekit.spec import MASK_INPUT, ModelSpec
+
+DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "calibration"
+
+
+def definition_path(name: str) -> Path:
+    """A definition by file path, or by name from ./calibration/ or the calibration/ folder shipped with edgekit."""
+    p = Path(name)
+    candidates = [p] if p.suffix in (".yaml", ".yml") else []
+    candidates += [Path("calibration") / f"{name}.yaml", DEFINITIONS_DIR / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(f.stem for d in {Path("calibration"), DEFINITIONS_DIR} if d.is_dir() for f in d.glob("*.yaml"))
+    raise EdgekitError(f"calibration set '{name}' is not defined", f"use one of: {', '.join(known) or '(none found)'}, "
+                       "a path to a YAML definition, or inline {size: 256, stratify: class}")
+
+
+def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: float = 0.0, seed: int = 0,
+           required: tuple[str, ...] = ()) -> ArrayDataset:
+    """`size` paired samples: equal per class when stratify == "class" (the remainder spread over classes),
+    uniform otherwise; a fraction `missing` of them gets one modality (never a `required` one) removed."""
+    if size < 1:
+        raise EdgekitError(f"calibration size is {size}", "use at least one sample per class (e.g. size: 256)")
+    if len(data) == 0:
+        raise EdgekitError("the calibration source split is empty", "check the recipe's data section")
+    if not 0.0 <= missing < 1.0:
+        raise EdgekitError(f"calibration 'missing' fraction is {missing}", "give a fraction in [0, 1), e.g. 0.2")
+    rng = np.random.default_rng(seed)
+    size = min(size, len(data))
+    if stratify == "class":
+        classes = np.unique(data.labels)
+        per = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
+        idx = np.concatenate([rng.permutation(np.flatnonzero(data.labels == c))[:n] for c, n in zip(classes, per)])
+    elif stratify == "none":
+        idx = rng.permutation(len(data))[:size]
+    else:
+        raise EdgekitError(f"unknown calibration stratify '{stratify}'", "use 'class' or 'none'")
+    out = data.subset(np.sort(idx))
+    droppable = [m for m in out.modalities if m not in required and m in out.inputs]
+    if missing > 0 and droppable and MASK_INPUT in out.inputs:
+        out = ArrayDataset({k: v.copy() for k, v in out.inputs.items()}, out.labels, out.modalities)
+        picked = rng.permutation(len(out))[: int(round(missing * len(out)))]
+        for n, i in enumerate(picked):  # round-robin, so every droppable modality is missing equally often
+            m = droppable[n % len(droppable)]
+            out.inputs[m][i] = 0
+            out.inputs[MASK_INPUT][i, out.modalities.index(m)] = 0
+    return out
+
+
+def describe(data: ArrayDataset, class_names: list[str] | None = None) -> dict:
+    counts = np.bincount(data.labels, minlength=len(class_names or [])) if len(data) else np.zeros(0, int)
+    names = class_names or [str(i) for i in range(len(counts))]
+    out = {"size": len(data), "class_counts": {names[i]: int(c) for i, c in enumerate(counts)}}
+    if MASK_INPUT in data.inputs and len(data):
+        out["modality_coverage"] = {m: float(data.inputs[MASK_INPUT][:, j].mean()) for j, m in enumerate(data.modalities)}
+    return out
+
+
+def check(data: ArrayDataset, spec: ModelSpec, what: str = "calibration set") -> None:
+    """Refuse a set that would calibrate the model wrongly: empty, inputs missing or misshapen, or a modality
+    the model uses that never appears (its branch would get no statistics), or a required one that is missing."""
+    if data is None or len(data) == 0:
+        raise EdgekitError(f"the {what} is empty", "give it at least one sample per class (e.g. calibration: {size: 256})")
+    feed, _ = next(data.batches(4))
+    missing = [n for n in spec.input_names if n not in feed]
+    if missing:
+        raise EdgekitError(f"the {what} has no input {missing} that the model needs",
+                           f"its samples must carry every model input: {', '.join(spec.input_names)}")
+    spec.check_feed({n: feed[n] for n in spec.input_names})
+    if MASK_INPUT not in data.inputs:
+        return
+    mask = data.inputs[MASK_INPUT]
+    for i in spec.inputs:
+        if i.modality is None or i.modality not in spec.modalities:
+            continue
+        present = mask[:, spec.modalities.index(i.modality)]
+        if not present.any():
+            raise EdgekitError(f"no sample of the {what} has the '{i.modality}' modality, which the model uses",
+                               "calibrate on paired samples with every modality present (missing only in a fraction of them)")
+        if not i.optional and not present.all():
+            raise EdgekitError(f"{int((present == 0).sum())} samples of the {what} lack '{i.modality}', which the model requires",
+                               "remove those samples or mark the input optional in the model spec")

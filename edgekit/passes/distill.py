@@ -1,0 +1,149 @@
+"""Knowledge distillation: the original model teaches a smaller (pruned) or quantized student.
+
+loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, label)
+       [+ feature_weight * sum over branches of MSE(adapter(student branch), teacher branch)]
+
+Teacher and student see the same batch, with the same modalities dropped (modality dropout stays on, so the
+student keeps the teacher's behaviour with missing inputs). A quantized student (NNCF fake-quant) trains
+through its quantizers: that is quantization-aware training with a float teacher.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from edgekit.errors import EdgekitError
+from edgekit.spec import MASK_INPUT
+
+
+class _Student(nn.Module):
+    """The student plus the per-branch adapters used only for feature distillation (dropped afterwards);
+    one module, so the training loop optimizes and checkpoints both."""
+
+    def __init__(self, student: nn.Module, adapters: nn.ModuleDict):
+        super().__init__()
+        self.student, self.adapters = student, adapters
+
+    def forward(self, **inputs):
+        return self.student(**inputs)
+
+
+class _Capture:
+    """Forward hooks keeping the output of named submodules (the branch features)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name):
+        def keep(module, args, output):
+            self.out[name] = output[0] if isinstance(output, tuple) else output
+        return keep
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    t = temperature
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits / t, -1), nn.functional.log_softmax(teacher_logits / t, -1),
+                                reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
+
+
+def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-3,
+            temperature: float = 4.0, alpha: float = 0.7, features: list[str] | tuple = (), feature_weight: float = 1.0,
+            batch_size: int = 64, patience: int | None = 3, modality_p: float = 0.2, seed: int = 0,
+            progress=None) -> tuple[nn.Module, dict]:
+    """Train a copy of `student` to match `teacher`; returns (the student with its best-validation weights, record).
+
+    features: submodule names (e.g. ["image", "audio", "text"]) whose outputs are also matched, through a
+      learned linear adapter when the student's width differs. progress: callable(n_samples, info) or None.
+    """
+    from edgekit.train import fit
+
+    if epochs < 1:
+        raise EdgekitError(f"distill epochs is {epochs}", "train for at least one epoch")
+    if not (0.0 <= alpha <= 1.0) or temperature <= 0 or lr <= 0:
+        raise EdgekitError(f"distill settings out of range (alpha={alpha}, temperature={temperature}, lr={lr})",
+                           "use 0 <= alpha <= 1, temperature > 0 and lr > 0")
+    if len(train) == 0 or len(val) == 0:
+        raise EdgekitError("distillation needs non-empty train and validation splits", "check the recipe's data section")
+    if MASK_INPUT not in train.inputs:
+        raise EdgekitError(f"distillation trains with modality dropout, which needs a '{MASK_INPUT}' input the model lacks",
+                           "give the model a modality_mask input (see edgekit.spec), or leave distill out of this variant")
+    t0 = time.time()
+    student = copy.deepcopy(student)
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    features = list(features)
+    for name in features:
+        for m, what in ((student, "student"), (teacher, "teacher")):
+            try:
+                m.get_submodule(name)
+            except AttributeError:
+                raise EdgekitError(f"distill feature '{name}' is not a submodule of the {what}",
+                                   f"choose among: {', '.join(n for n, _ in student.named_children())}") from None
+    s_cap, t_cap = _Capture(student, features), _Capture(teacher, features)
+    adapters = _adapters(student, teacher, features, s_cap, t_cap, train)
+    wrapped = _Student(student, adapters)
+
+    def loss_fn(model, feed, labels):
+        with torch.no_grad():
+            teacher_logits = teacher(**feed)
+        loss = kd_loss(model(**feed), teacher_logits, labels, temperature, alpha)
+        for name in features:
+            s, t = s_cap.out[name], t_cap.out[name]
+            loss = loss + feature_weight * nn.functional.mse_loss(model.adapters[_key(name)](s), t) / len(features)
+        return loss
+
+    info = {"loss": float("nan")}
+
+    def on_step(n, loss):
+        info["loss"] = loss
+        if progress:
+            progress(n, f"loss {loss:.3f}" + (f"  val acc {info['val']:.3f}" if "val" in info else ""))
+
+    def on_epoch(h):
+        info["val"] = h["val_accuracy"]
+
+    try:
+        result = fit(wrapped, train, val, epochs, lr, batch_size=batch_size, seed=seed, loss_fn=loss_fn,
+                     modality_p=modality_p, patience=patience, on_epoch=on_epoch, on_step=on_step)
+    finally:
+        s_cap.close()
+        t_cap.close()
+    record = {"pass": "distill", "settings": {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha,
+                                               "features": features, "feature_weight": feature_weight, "batch_size": batch_size,
+                                               "patience": patience, "modality_p": modality_p, "seed": seed},
+              "epochs_run": len(result["history"]), "best_val_accuracy": result["best_val_accuracy"],
+              "history": result["history"], "seconds": time.time() - t0}
+    return wrapped.student.eval(), record
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ModuleDict keys may not contain dots
+
+
+def _adapters(student, teacher, features, s_cap, t_cap, data) -> nn.ModuleDict:
+    """A Linear per branch mapping the student's feature width to the teacher's (identity when equal)."""
+    if not features:
+        return nn.ModuleDict()
+    feed, _ = next(data.batches(2))
+    feed = {k: torch.from_numpy(v) for k, v in feed.items()}
+    with torch.no_grad():
+        student.eval()(**feed)
+        teacher(**feed)
+    out = nn.ModuleDict()
+    for name in features:
+        s, t = s_cap.out[name], t_cap.out[name]
+        if s.shape[:-1] != t.shape[:-1]:
+            raise EdgekitError(f"distill feature '{name}' has shape {tuple(s.shape)} in the student, {tuple(t.shape)} in the teacher",
+                               "only the last (feature) axis may differ; choose branch outputs such as the encoders")
+        out[_key(name)] = nn.Identity() if s.shape[-1] == t.shape[-1] else nn.Linear(s.shape[-1], t.shape[-1])
+    return out

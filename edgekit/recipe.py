@@ -1,0 +1,339 @@
+"""Recipes: what to compress, into which variants, judged against which budget, on which targets.
+
+A recipe is YAML validated by the pydantic models below. Every model forbids unknown keys, so a typo is an
+error naming the key and the keys allowed there, never silently ignored. A recipe round-trips:
+load -> dump -> load gives the same object (`dump_recipe` writes every default, i.e. the resolved recipe).
+
+Accuracy budgets are in accuracy points: `max_accuracy_drop: 0.5` allows half a percentage point.
+"""
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgekit.errors import EdgekitError
+from edgekit.spec import InputSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- passes
+
+class PruneSettings(_Strict):
+    """Structured pruning (edgekit.passes.prune): give `ratio` or `target_macs`."""
+    ratio: Optional[float] = Field(None, gt=0, lt=1, description="fraction of channels/units/heads removed per group")
+    target_macs: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the MACs to keep; the ratio is searched")
+    per_branch: dict[str, float] = Field(default_factory=dict, description="{submodule: ratio}; 0 leaves a branch whole")
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    calibration_batches: int = Field(4, ge=1, description="batches of the calibration set for Taylor importance")
+    heads: Literal["heads", "dims", "both", "none"] = "heads"
+    round_to: Optional[int] = Field(None, ge=1, description="keep channel counts multiples of this (8/16 suit TensorRT)")
+    ignore: list[str] = Field(default_factory=list, description="submodules never pruned")
+    global_pruning: bool = False
+
+    @model_validator(mode="after")
+    def _one_amount(self):
+        if (self.ratio is None) == (self.target_macs is None):
+            raise ValueError("give exactly one of 'ratio' (e.g. 0.3) and 'target_macs' (e.g. 0.5)")
+        bad = {k: v for k, v in self.per_branch.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"per_branch ratios must be in [0, 1): {bad}")
+        return self
+
+
+class DistillSettings(_Strict):
+    """Knowledge distillation from the original model (edgekit.passes.distill); after `quantize` it is QAT."""
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha goes to the labels")
+    features: list[str] = Field(default_factory=list, description="branch modules whose outputs are matched too")
+    feature_weight: float = Field(1.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    patience: Optional[int] = Field(3, ge=1, description="early stopping on validation accuracy; null = never")
+    modality_p: float = Field(0.2, ge=0, lt=1, description="modality dropout probability")
+    seed: int = 0
+
+
+class IgnoredScopeSettings(_Strict):
+    names: list[str] = Field(default_factory=list, description="NNCF op names, e.g. audio/body/0/conv2d/0")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions over NNCF op names")
+    types: list[str] = Field(default_factory=list, description="op types, e.g. matmul")
+
+
+class QuantizeSettings(_Strict):
+    """INT8 post-training quantization (edgekit.passes.quantize); `max_accuracy_drop` turns on accuracy-aware mode."""
+    preset: Literal["performance", "mixed"] = "performance"
+    fast_bias_correction: bool = True
+    keep_float: list[str] = Field(default_factory=list, description="modules kept in float, e.g. [audio.body.0]")
+    ignored_scope: Optional[IgnoredScopeSettings] = None
+    model_type: Optional[Literal["transformer"]] = None
+    batch_size: int = Field(32, ge=1)
+    max_accuracy_drop: Optional[float] = Field(None, ge=0, description="points on the validation split")
+    ranking_samples: int = Field(128, ge=1, description="validation samples used to rank op sensitivity")
+    max_float_ops: Optional[int] = Field(None, ge=1, description="give up after this many ops in float")
+
+
+PASS_NAMES = ("prune", "distill", "quantize")
+
+
+class PassStep(_Strict):
+    """One pass: a mapping with exactly one key, e.g. {prune: {ratio: 0.3}}; `quantize:` alone uses defaults."""
+    prune: Optional[PruneSettings] = None
+    distill: Optional[DistillSettings] = None
+    quantize: Optional[QuantizeSettings] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, v):
+        if isinstance(v, str) and v in PASS_NAMES:
+            return {v: {}}
+        if isinstance(v, dict):
+            return {k: ({} if s is None else s) for k, s in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [n for n in PASS_NAMES if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"each pass is one of {', '.join(PASS_NAMES)} (got {given or 'none'})")
+        return self
+
+    @property
+    def name(self) -> str:
+        return next(n for n in PASS_NAMES if getattr(self, n) is not None)
+
+    @property
+    def settings(self) -> BaseModel:
+        return getattr(self, self.name)
+
+
+# ---------------------------------------------------------------- the rest of a recipe
+
+class Budget(_Strict):
+    max_accuracy_drop: float = Field(1.0, ge=0, description="allowed drop vs the float model, in accuracy points")
+    metric: Literal["accuracy", "f1_macro"] = "accuracy"
+
+
+REFERENCE_VARIANT = "fp32"
+
+
+class VariantSettings(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    start_from: Optional[str] = Field(None, alias="from", description="start from another variant's result instead of the original")
+    passes: list[PassStep] = Field(default_factory=list)
+    budget: Optional[Budget] = Field(None, description="overrides the recipe's budget for this variant")
+
+
+class TrainSource(_Strict):
+    preset: Literal["tiny", "base"] = "tiny"
+    fusion: Literal["early", "late", "hierarchical", "attention"] = "attention"
+    text: Literal["transformer", "lstm"] = "transformer"
+    epochs: Optional[int] = Field(None, ge=1)
+
+
+class ModelSource(_Strict):
+    """Either an edgekit checkpoint, a reference model to train, or a user model: factory + weights."""
+    checkpoint: Optional[str] = None
+    train: Optional[TrainSource] = None
+    factory: Optional[str] = Field(None, description="'package.module:function' building the model from `config`")
+    config: Optional[dict] = Field(None, description="argument of the factory (with bare weights)")
+    inputs: Optional[list[InputSpec]] = Field(None, description="model inputs (with bare weights); see edgekit.spec")
+    class_names: Optional[list[str]] = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("give exactly one of 'checkpoint' and 'train'")
+        if self.factory and not re.match(r"^[\w.]+:\w+$", self.factory):
+            raise ValueError(f"factory '{self.factory}' must look like 'package.module:function'")
+        if (self.factory or self.inputs) and self.train:
+            raise ValueError("'factory'/'inputs' go with 'checkpoint', not 'train'")
+        return self
+
+
+class DataSettings(_Strict):
+    dataset: Literal["avdigits"] = "avdigits"
+    fsdd: Optional[str] = Field(None, description="FSDD recordings folder ($EDGEKIT_FSDD if unset)")
+    seed: int = 0
+
+
+class CalibrationSettings(_Strict):
+    """A named definition from calibration/ (`calibration: NAME`) and/or inline settings (these win)."""
+    name: Optional[str] = None
+    description: str = ""
+    split: Literal["train", "val"] = "train"
+    size: int = Field(256, ge=1)
+    stratify: Literal["class", "none"] = "class"
+    missing: float = Field(0.2, ge=0, lt=1, description="fraction of samples with one modality missing")
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_name(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+
+class TargetSettings(_Strict):
+    backend: Literal["onnxruntime", "openvino", "tensorrt"]
+    name: Optional[str] = Field(None, description="label in reports (default: backend, plus host)")
+    host: Optional[str] = Field(None, description="ssh://user@host[:port] to build and run on a device")
+    options: dict = Field(default_factory=dict, description="backend options, e.g. {device: CPU} or {fp16: true}")
+
+    @field_validator("host")
+    @classmethod
+    def _ssh(cls, v):
+        if v is not None and not re.match(r"^ssh://[^@\s]+@[^:\s]+(:\d+)?$", v):
+            raise ValueError(f"host '{v}' must look like ssh://user@host[:port]")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or (f"{self.backend}@{self.host[6:]}" if self.host else self.backend)
+
+
+class BenchSettings(_Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    warmup: int = Field(20, ge=0)
+    min_iterations: int = Field(100, ge=1)
+    min_seconds: float = Field(2.0, gt=0)
+    threads: Optional[int] = Field(None, ge=1)
+
+
+class Recipe(_Strict):
+    name: str = ""
+    description: str = ""
+    model: Optional[ModelSource] = Field(None, description="optional: `edgekit compress CHECKPOINT` gives it")
+    data: DataSettings = Field(default_factory=DataSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    budget: Budget = Field(default_factory=Budget)
+    variants: list[VariantSettings] = Field(min_length=1)
+    targets: list[TargetSettings] = Field(default_factory=lambda: [TargetSettings(backend="onnxruntime")])
+    bench: BenchSettings = Field(default_factory=BenchSettings)
+
+    @model_validator(mode="after")
+    def _variant_names(self):
+        seen = {REFERENCE_VARIANT}
+        for v in self.variants:
+            if v.name in seen:
+                raise ValueError(f"variant name '{v.name}' is used twice" if v.name != REFERENCE_VARIANT else
+                                 f"'{REFERENCE_VARIANT}' is reserved for the uncompressed reference variant")
+            if v.start_from is not None and v.start_from not in seen:
+                raise ValueError(f"variant '{v.name}' starts from '{v.start_from}', which is not an earlier variant")
+            seen.add(v.name)
+        labels = [t.label for t in self.targets]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two targets share a label ({labels}); give them distinct 'name's")
+        return self
+
+    def budget_of(self, variant: VariantSettings) -> Budget:
+        return variant.budget or self.budget
+
+
+# ---------------------------------------------------------------- load / dump
+
+def parse_recipe(data, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise EdgekitError(f"{source} is not a YAML mapping", "a recipe starts with keys such as name:, data:, variants:")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise EdgekitError(f"{source}: {_describe(e)}", "fix the recipe; see recipes/quickstart.yaml for a complete example") from None
+
+
+def load_recipe(path) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        shipped = sorted(f.name for f in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+        raise EdgekitError(f"recipe {p} does not exist", f"pass a YAML file, e.g. recipes/{shipped[0] if shipped else 'quickstart.yaml'}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EdgekitError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}", "check indentation and quoting") from None
+    return parse_recipe(data, str(p))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML: every default written out, so it documents exactly what ran."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def resolve_calibration(settings: CalibrationSettings) -> CalibrationSettings:
+    """Fill a named calibration set from its definition file; settings given inline win."""
+    if not settings.name:
+        return settings
+    from edgekit.data.calibration import definition_path
+
+    path = definition_path(settings.name)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise EdgekitError(f"calibration definition {path} is not a YAML mapping", "see calibration/avdigits-256.yaml")
+    data.pop("name", None)
+    inline = settings.model_dump(exclude_unset=True)
+    try:
+        return CalibrationSettings.model_validate({**data, **inline, "name": settings.name})
+    except ValidationError as e:
+        raise EdgekitError(f"{path}: {_describe(e)}", "fix the calibration definition") from None
+
+
+# ---------------------------------------------------------------- one-line errors
+
+def _describe(e: ValidationError) -> str:
+    errors = e.errors()
+    first = errors[0]
+    loc = [x for x in first["loc"] if not (isinstance(x, str) and x[:1].isupper())]  # drop union member tags
+    where = _path(loc[:-1]) or "the top level"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        text = f"unknown key '{loc[-1]}' in {where}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    elif first["type"] == "missing":
+        text = f"missing required key '{loc[-1]}' in {where}"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        text = (f"{_path(loc)}: {msg}" if loc else msg) + (f" (got {first['input']!r})" if first["type"] not in ("value_error",) and not isinstance(first["input"], (dict, list)) else "")
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _path(loc) -> str:
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+    return out
+
+
+def _allowed_keys(loc) -> list[str]:
+    """The keys allowed at a location, found by walking the schema along the error's path."""
+    t = Recipe
+    for key in loc:
+        t = _model_of(t)
+        if isinstance(key, int) or t is None:
+            continue
+        field = next((f for n, f in t.model_fields.items() if key in (n, f.alias)), None)
+        if field is None:
+            return []
+        t = field.annotation
+    t = _model_of(t)
+    if t is None:
+        return []
+    return [f.alias or n for n, f in t.model_fields.items()]
+
+
+def _model_of(t):
+    """The BaseModel class inside Optional[...], list[...] or dict[..., ...], if any."""
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return t
+    for arg in typing.get_args(t):
+        m = _model_of(arg)
+        if m is not None:
+            return m
+    return None

@@ -1,0 +1,275 @@
+"""results.json: everything a run measured, in one versioned file (schema "edgekit-results/1").
+
+The pipeline writes it, `edgekit report` reads it. Units are SI throughout: latencies in seconds, sizes in
+bytes, accuracies as fractions (0.97, not 97), power in watts. Every measurement is optional, because real runs
+are messy (a target was unreachable, a benchmark was skipped); anything that did not work says so with
+`status: "failed"` and a `reason` instead of being left out. Unknown extra fields are kept, so a newer stage
+can add a field without breaking an older report; changing the meaning of a field needs a new schema id.
+
+Shape (one line per block; see the models below for every field)::
+
+    {"schema": "edgekit-results/1",
+     "run": {name, created, edgekit_version, commands, recipe},
+     "budget": {max_accuracy_drop, metric},
+     "reference_variant": "fp32",
+     "calibration": {name, size, class_counts, modality_coverage},
+     "variants": {NAME: {status, reason, passes, params, macs, size_bytes, branch_stats, precision_map, torch_metrics}},
+     "targets": {NAME: {backend, location, status, reason, fingerprint}},
+     "results": [{variant, target, status, reason, precision, metrics, parity, latency: {BATCH: stats},
+                  throughput: {BATCH: samples/s}, peak_rss_bytes, build_seconds, artifact_size_bytes, power}],
+     "baselines": {title, note, rows: [{name, backend, accuracy, f1_macro, latency_p50, ...}]}   # optional
+    }
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekit.errors import EdgekitError
+from edgekit.io import atomic_write_json
+
+SCHEMA = "edgekit-results/1"
+Status = Literal["ok", "failed"]
+
+
+class _Open(BaseModel):
+    # extra="allow": producers may add fields (kept on load and save) without a schema bump
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class RunInfo(_Open):
+    name: str = Field("", description="run name (the run directory's name by default)")
+    created: Optional[str] = Field(None, description="ISO-8601 time the run started")
+    edgekit_version: Optional[str] = None
+    commands: list[str] = Field(default_factory=list, description="the exact commands that reproduce the run")
+    recipe: dict = Field(default_factory=dict, description="the resolved recipe (every default filled in)")
+
+
+class Budget(_Open):
+    max_accuracy_drop: float = Field(0.01, ge=0, description="largest allowed drop vs the reference, as a fraction (0.01 = 1 point)")
+    metric: Literal["accuracy", "f1_macro"] = Field("accuracy", description="metric the budget applies to")
+
+
+class Calibration(_Open):
+    name: str = Field("", description="calibration-set definition used for INT8")
+    size: Optional[int] = Field(None, description="number of samples")
+    class_counts: dict[str, int] = Field(default_factory=dict, description="samples per class")
+    modality_coverage: dict[str, float] = Field(default_factory=dict, description="fraction of samples in which each modality is present")
+
+
+class Metrics(_Open):
+    """As returned by edgekit.evaluate.evaluate (fractions in [0, 1])."""
+    n: Optional[int] = Field(None, description="number of evaluated samples")
+    accuracy: Optional[float] = None
+    f1_macro: Optional[float] = None
+    accuracy_ci95: Optional[tuple[float, float]] = Field(None, description="95% bootstrap interval of accuracy")
+    f1_macro_ci95: Optional[tuple[float, float]] = Field(None, description="95% bootstrap interval of macro-F1")
+    per_class_f1: dict[str, float] = Field(default_factory=dict)
+    missing_modality_accuracy: dict[str, float] = Field(default_factory=dict, description="accuracy with that modality missing (zeros + mask 0)")
+
+
+class Cost(_Open):
+    params: Optional[int] = None
+    macs: Optional[int] = Field(None, description="multiply-accumulates of one sample's forward pass")
+
+
+class BranchStats(_Open):
+    before: dict[str, Cost] = Field(default_factory=dict, description="per branch (image/audio/text/head) before the passes")
+    after: dict[str, Cost] = Field(default_factory=dict, description="per branch after the passes")
+
+
+class LayerPrecision(_Open):
+    precision: str = Field(description="int8 | fp16 | fp32")
+    why: str = Field("", description="why the layer has this precision (e.g. 'sensitive: +0.8 pt drop when quantized')")
+
+
+class Variant(_Open):
+    status: Status = "ok"
+    reason: str = Field("", description="why it failed (required in practice when status is failed)")
+    precision: Optional[str] = Field(None, description="fp32 | fp16 | int8")
+    passes: list[dict] = Field(default_factory=list, description="the record of each pass, in order: {'pass': 'prune'|'distill'|'quantize', ...}")
+    params: Optional[int] = None
+    macs: Optional[int] = None
+    size_bytes: Optional[int] = Field(None, description="size of the variant's ONNX file")
+    branch_stats: Optional[BranchStats] = None
+    precision_map: Optional[dict[str, LayerPrecision]] = Field(None, description="per layer, for quantized variants")
+    torch_metrics: Optional[Metrics] = Field(None, description="metrics of the torch model (before compiling)")
+
+
+class Target(_Open):
+    backend: str = Field(description="onnxruntime | openvino | tensorrt")
+    location: str = Field("local", description="'local' or 'ssh://user@host[:port]'")
+    status: Status = "ok"
+    reason: str = ""
+    fingerprint: dict = Field(default_factory=dict, description="free-form: CPU model/ISA or Jetson model, power mode, library versions")
+
+
+class LatencyStats(_Open):
+    """Seconds per batch, over the timed iterations. Stats in milliseconds marked `unit: "ms"` (as
+    edgekit.latency.summarize writes them) are converted to seconds on load."""
+    unit: Literal["s"] = "s"
+    median: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    cv: Optional[float] = Field(None, description="std / mean")
+    min: Optional[float] = None
+    max: Optional[float] = None
+    n: Optional[int] = Field(None, description="timed iterations")
+    high_variance: Optional[bool] = Field(None, description="the benchmark's own verdict that the numbers are unstable")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _to_seconds(cls, d):
+        if isinstance(d, dict) and d.get("unit") == "ms":
+            d = {k: v / 1e3 if k in _TIMES and isinstance(v, (int, float)) else v for k, v in d.items()} | {"unit": "s"}
+        return d
+
+
+_TIMES = {"median", "p90", "p95", "p99", "mean", "std", "min", "max"}
+
+
+class Parity(_Open):
+    top1_agreement: Optional[float] = Field(None, description="fraction of samples whose top-1 class matches the torch model")
+    max_abs_diff: Optional[float] = Field(None, description="largest absolute logit difference")
+    mean_abs_diff: Optional[float] = None
+    n: Optional[int] = None
+
+
+class Power(_Open):
+    avg_watts: Optional[float] = None
+    energy_per_inference_j: Optional[float] = None
+
+
+class Result(_Open):
+    """One variant on one target."""
+    variant: str
+    target: str
+    status: Status = "ok"
+    reason: str = ""
+    precision: Optional[str] = None
+    metrics: Optional[Metrics] = Field(None, description="measured on the target's artifact")
+    parity: Optional[Parity] = None
+    latency: dict[int, LatencyStats] = Field(default_factory=dict, description="per batch size")
+    throughput: dict[int, float] = Field(default_factory=dict, description="samples per second, per batch size")
+    peak_rss_bytes: Optional[int] = None
+    build_seconds: Optional[float] = Field(None, description="compile time of the artifact")
+    artifact_size_bytes: Optional[int] = None
+    power: Optional[Power] = None
+
+
+class BaselineRow(_Open):
+    """A comparison point (another tool or a single-modality model); extra numeric fields (ratios) become columns."""
+    name: str
+    backend: Optional[str] = None
+    target: Optional[str] = None
+    accuracy: Optional[float] = None
+    f1_macro: Optional[float] = None
+    latency_p50: Optional[float] = Field(None, description="seconds at batch 1")
+    latency_p99: Optional[float] = None
+    throughput: Optional[float] = Field(None, description="samples per second")
+    size_bytes: Optional[int] = None
+
+
+class Baselines(_Open):
+    title: str = "Baselines"
+    note: str = ""
+    rows: list[BaselineRow] = Field(default_factory=list)
+
+
+class Results(_Open):
+    schema_id: Literal["edgekit-results/1"] = Field(SCHEMA, alias="schema")
+    run: RunInfo = Field(default_factory=RunInfo)
+    budget: Budget = Field(default_factory=Budget)
+    reference_variant: str = Field("fp32", description="the variant every other one is compared with, on the same target")
+    calibration: Optional[Calibration] = None
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    targets: dict[str, Target] = Field(default_factory=dict)
+    results: list[Result] = Field(default_factory=list)
+    baselines: Optional[Baselines] = None
+
+    def cells(self) -> tuple[list[Result], list[str]]:
+        """Every (variant, target) pair exactly once, plus what was inconsistent. A pair with no row, a failed
+        variant or an unreachable target becomes a failed Result with the reason, so nothing is silently dropped."""
+        problems, seen = [], {}
+        for r in self.results:
+            for kind, name, known in (("variant", r.variant, self.variants), ("target", r.target, self.targets)):
+                if name not in known:
+                    problems.append(f"result for {r.variant} on {r.target}: {kind} '{name}' is not listed under {kind}s")
+            if (r.variant, r.target) in seen:
+                problems.append(f"two results for {r.variant} on {r.target}: the last one is used")
+            seen[(r.variant, r.target)] = r
+        if self.reference_variant not in self.variants:
+            problems.append(f"reference variant '{self.reference_variant}' is not listed under variants")
+        variants = list(dict.fromkeys([*self.variants, *(v for v, _ in seen)]))
+        targets = list(dict.fromkeys([*self.targets, *(t for _, t in seen)]))
+        out = []
+        for t in targets:
+            for v in variants:
+                r = seen.get((v, t))
+                why = _upstream_failure(self.variants.get(v), self.targets.get(t))
+                if r is None:
+                    r = Result(variant=v, target=t, status="failed", reason=why or "no result recorded")
+                elif r.status == "ok" and why:
+                    r = r.model_copy(update={"status": "failed", "reason": why + " (but a result was recorded)"})
+                    problems.append(f"{v} on {t} has an ok result although {why}")
+                out.append(r)
+        return out, problems
+
+
+def _upstream_failure(variant: Variant | None, target: Target | None) -> str:
+    if variant is not None and variant.status == "failed":
+        return f"variant failed: {variant.reason or 'no reason given'}"
+    if target is not None and target.status == "failed":
+        return f"target failed: {target.reason or 'no reason given'}"
+    return ""
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_results(path) -> Results:
+    """Read and validate a results.json; EdgekitError naming the file and the first invalid field otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise EdgekitError(f"{path} does not exist", "pass a run directory written by `edgekit run` (it holds results.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgekitError(f"{path} is not valid JSON ({e})", "the file is corrupt or truncated: re-run the stage that wrote it (`edgekit run` resumes)") from e
+    if not isinstance(data, dict):
+        raise EdgekitError(f"{path} holds a JSON {type(data).__name__}, not an object", "it is not an edgekit results file")
+    if data.get("schema") != SCHEMA:
+        raise EdgekitError(f"{path} has schema {data.get('schema')!r}; this edgekit reads {SCHEMA!r}",
+                           "a newer edgekit wrote it: upgrade edgekit" if str(data.get("schema", "")).startswith("edgekit-results/") else "it is not an edgekit results file")
+    try:
+        return Results.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        got = repr(err.get("input"))[:60]
+        raise EdgekitError(f"{path} is invalid at {_field_path(err['loc'])}: {err['msg']} (got {got})"
+                           + (f"; {e.error_count() - 1} more problem(s)" if e.error_count() > 1 else ""),
+                           "fix that field or re-run the stage that wrote it") from e
+
+
+def save_results(results: Results | dict, path) -> Path:
+    """Validate (a dict is accepted) and write atomically; returns the path."""
+    if isinstance(results, dict):
+        try:
+            results = Results.model_validate(results)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise EdgekitError(f"results to save are invalid at {_field_path(err['loc'])}: {err['msg']}", "this is a bug in the stage that produced them") from e
+    path = Path(path)
+    atomic_write_json(path, results.model_dump(by_alias=True))  # python mode + edgekit's encoder: numpy values in extra fields are fine
+    return path
