@@ -1,5 +1,5 @@
 # Two set-up commands that work on a fresh machine (they create .venv and install what they need):
-#   make demo   - the main job end to end on the built-in data and model
+#   make demo   - the main job end to end on the built-in data and model (edgekit run recipes/quickstart.yaml)
 #   make test   - the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,8 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/edgekit doctor
-	$(VENV)/bin/edgekit train --preset tiny --fusion attention --out runs/demo/model
-	$(VENV)/bin/edgekit evaluate runs/demo/model
+	$(VENV)/bin/edgekit run recipes/quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

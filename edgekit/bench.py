@@ -97,7 +97,7 @@ def load_runner(path, backend: str | None = None, threads: int | None = None) ->
 
 
 def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5, iterations: int | None = None,
-              min_seconds: float = 2.0, max_seconds: float = 60.0, seed: int = 0) -> dict:
+              min_seconds: float = 2.0, max_seconds: float = 60.0, seed: int = 0, min_iterations: int = 10) -> dict:
     """Time `runner` at each batch size (inputs generated from its spec, bound once). Returns the bench JSON
     without the artifact/cold-start parts (see bench_artifact)."""
     from edgekit.env import fingerprint
@@ -109,7 +109,7 @@ def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_secon
     for b in batch_sizes:
         call = runner.bind(runner.spec.example_inputs(int(b), seed))
         times = latency.measure(call, warmup=warmup, warmup_seconds=warmup_seconds, iterations=iterations,
-                                min_seconds=min_seconds, max_seconds=max_seconds)
+                                min_seconds=min_seconds, max_seconds=max_seconds, min_iterations=min_iterations)
         batches[str(b)] = {"batch": int(b), "latency_ms": latency.summarize(times),
                            "throughput_per_s": latency.throughput(times, int(b)), "times_ms": [t * 1000 for t in times]}
     return {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -119,7 +119,7 @@ def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_secon
             "memory": {"peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "rss_at_start_mb": rss0,
                        "note": "peak_rss_mb is the whole process's peak (ru_maxrss)"},
             "protocol": {"warmup": warmup, "warmup_seconds": warmup_seconds, "iterations": iterations, "min_seconds": min_seconds,
-                         "max_seconds": max_seconds, "cv_limit": latency.CV_LIMIT, "timer": "time.perf_counter per call",
+                         "min_iterations": min_iterations, "max_seconds": max_seconds, "cv_limit": latency.CV_LIMIT, "timer": "time.perf_counter per call",
                          "inputs": "random from the ModelSpec (seed %d), bound once with Runner.bind" % seed,
                          "percentiles": "nearest rank", "gc": "paused while timing", "concurrency": "1 request at a time"},
             "environment": fingerprint()}

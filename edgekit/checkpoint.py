@@ -64,6 +64,8 @@ def read_config(path) -> dict:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgekitError(f"checkpoint config {cfg_path} is not valid JSON ({e})", "restore it from the original checkpoint") from e
+    except OSError as e:
+        raise EdgekitError(f"cannot read checkpoint config {cfg_path}: {e.strerror}", "check that it is a readable file") from e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg or "spec" not in cfg:
         raise EdgekitError(f"{cfg_path} is not an edgekit checkpoint config (format {FORMAT})", "write checkpoints with `edgekit train` or edgekit.checkpoint.save")
     return cfg
@@ -72,13 +74,20 @@ def read_config(path) -> dict:
 def read_state(weights: Path) -> dict[str, torch.Tensor]:
     if not weights.exists():
         raise EdgekitError(f"checkpoint weights {weights} are missing", "copy model.safetensors next to config.json")
-    with open(weights, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(weights, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise EdgekitError(f"cannot read checkpoint weights {weights}: {e.strerror}", "check that it is a readable file") from e
     if weights.suffix in (".pt", ".pth"):
         try:
-            return torch.load(weights, map_location="cpu", weights_only=True)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses arbitrary pickles: that is the point
             raise EdgekitError(f"{weights} is not a plain tensor file ({type(e).__name__})", "edgekit loads only safetensors or weights-only state dicts; re-save with safetensors") from e
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise EdgekitError(f"{weights} holds a {type(state).__name__} that is not a state dict of tensors",
+                               "save model.state_dict() (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))")
+        return state
     if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
         raise EdgekitError(f"{weights} contains a pickle, not safetensors; edgekit never unpickles checkpoints", "convert it: safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
     from safetensors import SafetensorError
@@ -92,17 +101,45 @@ def read_state(weights: Path) -> dict[str, torch.Tensor]:
 
 def load(path) -> tuple[nn.Module, ModelSpec, dict]:
     """(model in eval mode, its ModelSpec, the whole config.json) — never unpickles."""
-    weights, _ = _paths(path)
+    weights, cfg_path = _paths(path)
     cfg = read_config(path)
     state = read_state(weights)
-    spec = ModelSpec.model_validate(cfg["spec"])
-    model = _restore_compression(resolve_factory(cfg.get("factory", DEFAULT_FACTORY))(cfg["model"]), cfg, spec)
+    try:
+        spec = ModelSpec.model_validate(cfg["spec"])
+    except ValueError as e:  # pydantic's ValidationError
+        raise EdgekitError(f"{cfg_path} has an invalid model spec: {str(e).splitlines()[0][:200]}", "restore config.json from the original checkpoint") from e
+    factory = resolve_factory(cfg.get("factory", DEFAULT_FACTORY))
+    try:
+        model = factory(cfg["model"])
+    except EdgekitError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdgekitError(f"the 'model' section of {cfg_path} cannot build a model ({type(e).__name__}: {str(e)[:200]})",
+                           "restore config.json from the original checkpoint") from e
+    model = _restore_compression(model, cfg, spec)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0:3]
-        raise EdgekitError(f"weights in {weights} do not match the model in its config.json: {' '.join(first)[:300]}", "use the config.json saved with these weights") from e
+        problems = _mismatch(model.state_dict(), state) or " ".join(str(e).split())[:300]
+        raise EdgekitError(f"weights in {weights} do not match the model its config.json describes: {problems}",
+                           "use the config.json saved with these weights (a config of another preset, fusion or variant does not fit)") from e
     return model.eval(), spec, cfg
+
+
+def _mismatch(expected: dict, state: dict) -> str:
+    """'' if `state` fits `expected` by names and shapes, else a one-line summary with an example of each kind."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and hasattr(expected[k], "shape") and tuple(expected[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, {list(expected[k].shape)} in the model)")
+    return "; ".join(parts)
 
 
 def _restore_compression(model: nn.Module, cfg: dict, spec: ModelSpec) -> nn.Module:

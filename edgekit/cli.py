@@ -66,8 +66,11 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
     from edgekit.train import DEFAULT_EPOCHS, train_reference
     from edgekit.data.avdigits import resolve_fsdd
 
+    from edgekit.io import check_writable
+
     preset_config(preset, fusion, text_kind=text)  # bad names fail before any slow work
     resolve_fsdd(fsdd)
+    check_writable(out)
     n_epochs = epochs or DEFAULT_EPOCHS.get(preset, 10)
     with progress(f"training {preset}/{fusion}", total=None) as advance:
         cfg = train_reference(preset, fusion, out, fsdd=fsdd, seed=seed, epochs=n_epochs, text_kind=text,
@@ -109,6 +112,28 @@ def compress(checkpoint_path: Optional[Path] = typer.Argument(None, metavar="CHE
 
 
 @app.command()
+def run(recipe: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML, e.g. recipes/quickstart.yaml"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<recipe name>)"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="trained checkpoint to start from (overrides the recipe's model)"),
+        force: Optional[list[str]] = typer.Option(None, "--force", help="redo this stage even if its inputs are unchanged (repeatable): "
+                                                  "train, compress, compile, measure, deploy, report"),
+        identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key for ssh:// targets (default: ssh-agent, ~/.ssh)"),
+        known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file for ssh:// targets (default ~/.ssh/known_hosts)"),
+        accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust an ssh:// target's key on first contact (never a changed key)")):
+    """The whole job: train or load the model, compress it into the recipe's variants, compile each for every target,
+    evaluate and benchmark it there, and write results.json and the report. Rerun the same command after a crash or
+    Ctrl-C to continue where it stopped (finished stages are skipped)."""
+    from edgekit.pipeline import run as run_all
+
+    ssh = {"identity": identity, "known_hosts": known_hosts, "accept_new_host": accept_new_host}
+    done = run_all(recipe, out, checkpoint, force or (), ssh)
+    for line in done["recommendation"]:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print("seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in done["seconds"].items()), highlight=False)
+    print(done["html"])
+
+
+@app.command()
 def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint folder (model.safetensors + config.json)"),
            out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write"),
            opset: int = typer.Option(17, help="ONNX opset (17 is read by TensorRT 10.3, ONNX Runtime and OpenVINO)"),
@@ -116,7 +141,9 @@ def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", hel
            fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP)):
     """Export a checkpoint to ONNX (dynamic batch, Q/DQ for INT8) and check parity with the torch model."""
     from edgekit.export import export_checkpoint, to_fp16_onnx
+    from edgekit.io import check_writable
 
+    check_writable(out)
     reports = [export_checkpoint(checkpoint_path, out, fsdd=fsdd, opset=opset)]
     if fp16:
         reports.append(to_fp16_onnx(out, out.with_suffix(".fp16.onnx")))
@@ -240,14 +267,14 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 — the last line of defence: say it is our bug, not the user's
-        import click
+        from typer._click.exceptions import ClickException  # typer vendors click; plain `click` is not installed
 
-        if isinstance(e, click.exceptions.Exit):
+        if isinstance(e, typer.Exit):
             sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+        if isinstance(e, ClickException):
             e.show()
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, typer.Abort):
             sys.exit(130)
         if os.environ.get("EDGEKIT_DEBUG") == "1":
             raise

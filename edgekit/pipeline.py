@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from edgekit.errors import EdgekitError
@@ -176,8 +175,9 @@ def _reload(vdir: Path) -> Variant:
 
 # ---------------------------------------------------------------- inputs of the stage
 
-def _source_checkpoint(checkpoint_path, recipe: Recipe, out: Path) -> Path:
-    """The checkpoint to compress: the argument, else recipe.model.checkpoint, else one trained per recipe.model.train."""
+def _source_checkpoint(checkpoint_path, recipe: Recipe, out: Path, retrain: bool = False) -> Path:
+    """The checkpoint to compress: the argument, else recipe.model.checkpoint, else one trained per recipe.model.train
+    (into RUN/source, reused while its preset, fusion, epochs and data match unless `retrain`)."""
     src = recipe.model
     if checkpoint_path is not None:
         return Path(checkpoint_path)
@@ -190,9 +190,10 @@ def _source_checkpoint(checkpoint_path, recipe: Recipe, out: Path) -> Path:
 
     target = out / "source"
     t = src.train
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and not retrain:
         cfg = read_config(target)
-        if cfg.get("training", {}).get("preset") == t.preset and cfg.get("training", {}).get("fusion") == t.fusion:
+        had = cfg.get("training", {})
+        if (had.get("preset"), had.get("fusion")) == (t.preset, t.fusion) and t.epochs in (None, had.get("epochs")):
             return target
     console.print(f"training a {t.preset}/{t.fusion} reference model into {target}")
     with progress_bar(f"training {t.preset}/{t.fusion}") as advance:
@@ -343,6 +344,8 @@ def _measure(name: str, v: Variant, vs: VariantSettings | None, ctx: Context, vd
            "budget": budget.model_dump()}
     if out["precision_map"]:
         atomic_write_json(vdir / "precision_map.json", out["precision_map"])
+        kinds = [e["precision"] for e in out["precision_map"].values()]
+        out["precision_summary"] = {p: kinds.count(p) for p in sorted(set(kinds))}  # ops per precision: "int8" may be mostly float
     out["judgement"] = _judge(out, reference or out, budget)
     verdict = out["judgement"]["verdict"]
     console.print(f"  {name}: " + ", ".join(f"{b} acc {m['accuracy']:.4f}" for b, m in deployed.items() if "accuracy" in m)
@@ -441,3 +444,259 @@ def print_table(summary: dict) -> None:
                   pair("torch"), pair("onnxruntime"), pair("openvino"), f"{drop:.2f}",
                   f"{r['budget_points']} {ok}" if r["variant"] != REFERENCE_VARIANT else "reference")
     console.print(t)
+
+
+# ================================================================ the whole run: edgekit run RECIPE
+
+STAGES = ("train", "compress", "compile", "measure", "deploy", "report")
+
+
+@dataclass
+class Steps:
+    """The run's one progress line per step: stage, variant, target, elapsed, and how many steps are left."""
+
+    total: int
+    done: int = 0
+    start: float = field(default_factory=time.time)
+
+    def begin(self, stage: str, what: str = "") -> None:
+        self.done += 1
+        el = int(time.time() - self.start)
+        console.print(f"[bold cyan][{self.done}/{self.total}] {stage}[/] {what}  [dim](elapsed {el // 60}:{el % 60:02d}, "
+                      f"{self.total - self.done} step(s) left)[/]", highlight=False)
+
+
+def run(recipe_path, out=None, checkpoint=None, force=(), ssh: dict | None = None, progress: bool = True) -> dict:
+    """Every stage of a recipe into one run directory (layout in README "Run directory"): train or load the model,
+    compress it into the variants, compile each for every local target, evaluate and benchmark it there, deploy to
+    ssh:// targets, then results.json and the report. A stage whose inputs and settings are unchanged is skipped, so
+    rerunning after a crash continues where it stopped; `force` names stages to redo. A variant or target that fails
+    is recorded as failed with its reason and the rest goes on."""
+    from edgekit.rundir import RunLock
+
+    recipe = load_recipe(recipe_path)
+    unknown = sorted(set(force) - set(STAGES))
+    if unknown:
+        raise EdgekitError(f"unknown stage(s) {unknown} for --force", f"stages: {', '.join(STAGES)}")
+    out = Path(out) if out else Path("runs") / (recipe.name or Path(recipe_path).stem)
+    from edgekit.io import check_writable
+
+    check_writable(out)
+    if checkpoint is not None:
+        from edgekit.checkpoint import read_config
+
+        read_config(checkpoint)  # a wrong path fails before anything is written
+    locals_ = [t for t in recipe.targets if not t.host]
+    remotes = [t for t in recipe.targets if t.host]
+    steps = Steps(total=2 + 2 * len(locals_) * (1 + len(recipe.variants)) + len(remotes) + 1)
+    seconds: dict[str, float] = {}
+    with RunLock(out):
+        steps.begin("train", "the recipe's model" if checkpoint is None else f"(given: {checkpoint})")
+        t0 = time.time()
+        source = _source_checkpoint(checkpoint, recipe, out, retrain="train" in force)
+        seconds["train"] = time.time() - t0
+        steps.begin("compress", f"{len(recipe.variants)} variant(s) + {REFERENCE_VARIANT}")
+        t0 = time.time()
+        summary = compress(source, recipe, out, progress=progress, force="compress" in force)
+        seconds["compress"] = time.time() - t0
+        from edgekit import checkpoint as ck
+
+        spec = ModelSpec.model_validate(ck.read_config(source)["spec"])
+        test = _data(recipe, spec)[2]
+        rows, targets = [], {}
+        names = list(summary["variants"])
+        t0 = time.time()
+        for t in locals_:
+            targets[t.label], got = _local_target(t, names, summary, recipe, test, out, force, steps)
+            rows += got
+        seconds["compile+measure"] = time.time() - t0
+        t0 = time.time()
+        for t in remotes:
+            steps.begin("deploy", f"{len(names)} variant(s) on {t.host}")
+            targets[t.label], got = _remote_target(t, names, summary, recipe, out, ssh or {})
+            rows += got
+        if remotes:
+            seconds["deploy"] = time.time() - t0
+        steps.begin("report")
+        t0 = time.time()
+        results = _assemble(recipe, summary, targets, rows, out, recipe_path, checkpoint, force)
+        from edgekit.report import write_report
+        from edgekit.results import save_results
+
+        save_results(results, out / "results.json")
+        paths = write_report(out)
+        seconds["report"] = time.time() - t0
+    seconds["total"] = time.time() - steps.start
+    timing = {k: round(v, 1) for k, v in seconds.items()}
+    atomic_write_json(out / "timings.json", timing)
+    return {**paths, "run_dir": out, "seconds": timing}
+
+
+def _local_target(t, names: list[str], summary: dict, recipe: Recipe, test, out: Path, force, steps: Steps) -> tuple[dict, list]:
+    """Compile every variant for a backend on this machine, then evaluate and benchmark each artifact."""
+    from edgekit.backends.base import get_backend
+    from edgekit.env import fingerprint
+    from edgekit.rundir import Stages, stage_key
+
+    backend = get_backend(t.backend)
+    ok, why = backend.available()
+    if not ok:
+        why = f"backend '{t.backend}' is not available on this machine: {why} ({backend.install_hint})"
+    info = {"backend": t.backend, "location": "local", "status": "ok" if ok else "failed", "reason": "" if ok else why,
+            "options": t.options, "fingerprint": fingerprint()}
+    rows = []
+    stages = Stages(out, force=force)
+    for name in names:
+        m = summary["variants"][name]
+        tdir = out / "targets" / _slug(t.label) / name
+        onnx = out / "variants" / name / "model.onnx"
+        steps_before = steps.done
+        if not ok or m.get("status") != "ok":
+            steps.begin("compile", f"{name} on {t.label}: skipped ({'backend unavailable' if not ok else 'variant failed'})")
+            steps.begin("measure", f"{name} on {t.label}: skipped")
+            rows.append({"variant": name, "target": t.label, "status": "failed",
+                         "reason": why if not ok else f"variant failed: {m.get('reason', '')}"})
+            continue
+        try:
+            steps.begin("compile", f"{name} on {t.label}")
+            ckey = stage_key({"backend": t.backend, "options": t.options}, onnx)
+            if not stages.done(f"compile/{t.label}/{name}", ckey):
+                _compile(t, onnx, tdir / "artifact", m)
+                stages.mark(f"compile/{t.label}/{name}", ckey, [tdir / "artifact" / "artifact.json"])
+            steps.begin("measure", f"{name} on {t.label}")
+            mkey = stage_key({"bench": recipe.bench.model_dump(), "data": recipe.data.model_dump()}, tdir / "artifact" / "artifact.json")
+            if not stages.done(f"measure/{t.label}/{name}", mkey):
+                atomic_write_json(tdir / "result.json", _measure_local(t, tdir / "artifact", name, recipe, test))
+                stages.mark(f"measure/{t.label}/{name}", mkey, [tdir / "result.json"])
+            else:
+                console.print(f"[dim]  {name} on {t.label}: unchanged since the last run, reusing {tdir / 'result.json'}[/]")
+            rows.append(_read_json(tdir / "result.json"))
+        except EdgekitError as e:
+            reason = f"{e.message} ({e.hint})" if e.hint else e.message
+            console.print(f"[red]  {name} on {t.label} failed:[/] {reason}", highlight=False)
+            steps.done = max(steps.done, steps_before + 2)
+            rows.append({"variant": name, "target": t.label, "status": "failed", "reason": reason})
+    return info, rows
+
+
+def _compile(t, onnx: Path, adir: Path, m: dict) -> None:
+    """compile_onnx into a fresh folder (a half-built artifact from a killed run is removed first)."""
+    import shutil
+
+    from edgekit.backends import compile_onnx
+
+    if adir.exists():
+        shutil.rmtree(adir)
+    t0 = time.time()
+    art = compile_onnx(onnx, t.backend, adir, dict(t.options))
+    art.meta["build_seconds"] = round(time.time() - t0, 3)
+    art.save()
+
+
+def _measure_local(t, adir: Path, name: str, recipe: Recipe, test) -> dict:
+    """Accuracy on the test split and latency per batch size, of the artifact as the target runs it."""
+    from edgekit.backends.base import Artifact, get_backend
+    from edgekit.bench import benchmark
+    from edgekit.evaluate import evaluate
+
+    art = Artifact.load(adir)
+    b = recipe.bench
+    _reset_peak_rss()
+    runner = get_backend(t.backend).load(art, **({"threads": b.threads} if b.threads else {}))
+    metrics = evaluate(runner, test, art.spec.class_names)
+    bench = benchmark(runner, b.batch_sizes, warmup=b.warmup, min_seconds=b.min_seconds, min_iterations=b.min_iterations)
+    files = [p for p in adir.iterdir() if p.is_file() and p.name != "artifact.json"]
+    return {"variant": name, "target": t.label, "status": "ok", "reason": "", "precision": art.precision, "metrics": metrics,
+            "parity": art.meta.get("parity"),
+            "latency": {int(k): v["latency_ms"] for k, v in bench["batches"].items()},
+            "throughput": {int(k): v["throughput_per_s"] for k, v in bench["batches"].items()},
+            "peak_rss_bytes": _peak_rss(), "peak_rss_note": "process peak while this variant was loaded, evaluated and timed",
+            "build_seconds": art.meta.get("build_seconds"), "artifact_size_bytes": sum(p.stat().st_size for p in files),
+            "runner_settings": runner.settings, "high_variance": bench["high_variance"], "protocol": bench["protocol"]}
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: "5" resets VmHWM, so the next peak is this variant's
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _slug(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+
+
+def _remote_target(t, names: list[str], summary: dict, recipe: Recipe, out: Path, ssh: dict) -> tuple[dict, list]:
+    """Build and benchmark on an ssh:// device (edgekit.deploy; it resumes by itself), as results rows."""
+    from edgekit.deploy import deploy
+
+    options = dict(t.options)
+    runtime = options.pop("runtime", "tensorrt" if t.backend == "tensorrt" else "onnxruntime")
+    ok_names = [n for n in names if summary["variants"][n].get("status") == "ok"]
+    info = {"backend": t.backend, "location": t.host, "status": "ok", "reason": "", "options": t.options, "fingerprint": {}}
+    bench = {"batch_sizes": recipe.bench.batch_sizes, "warmup": recipe.bench.warmup, "min_seconds": recipe.bench.min_seconds}
+    try:
+        (s,) = deploy(out, [t.host], runtime=runtime, build=options, bench=bench, variants=ok_names, check=False, **ssh)
+    except EdgekitError as e:
+        s = {"status": "failed", "reason": e.message, "variants": {}}
+    if s.get("results_dir") and (Path(s["results_dir"]) / "fingerprint.json").exists():
+        info["fingerprint"] = _read_json(Path(s["results_dir"]) / "fingerprint.json")
+    if s.get("status") != "ok" and not s.get("variants"):
+        info.update(status="failed", reason=s.get("reason") or "failed")
+    rows = []
+    for n in names:
+        raw = s.get("variants", {}).get(n)
+        err = s.get("errors", {}).get(n)
+        if raw and raw.get("result"):
+            rows.append({**raw["result"], "variant": n, "target": t.label})
+        elif summary["variants"][n].get("status") != "ok":
+            rows.append({"variant": n, "target": t.label, "status": "failed", "reason": f"variant failed: {summary['variants'][n].get('reason', '')}"})
+        else:
+            rows.append({"variant": n, "target": t.label, "status": "failed",
+                         "reason": (err or {}).get("message") or s.get("reason") or "no result came back from the device"})
+    return info, rows
+
+
+def _assemble(recipe: Recipe, summary: dict, targets: dict, rows: list, out: Path, recipe_path, checkpoint, force) -> dict:
+    """results.json (edgekit-results/1) from the stages' files."""
+    import datetime
+    import shlex
+
+    import edgekit
+
+    cal = summary.get("calibration") or {}
+    variants = {}
+    for name, m in summary["variants"].items():
+        vs = next((v for v in recipe.variants if v.name == name), None)
+        b = recipe.budget_of(vs) if vs is not None else recipe.budget
+        variants[name] = {k: m[k] for k in ("status", "reason", "precision", "passes", "params", "macs", "size_bytes", "branch_stats",
+                                             "precision_map", "torch_metrics", "precision_summary", "seconds") if m.get(k) is not None}
+        variants[name]["budget"] = {"max_accuracy_drop": b.max_accuracy_drop / 100, "metric": b.metric}
+    cmd = ["edgekit", "run", str(recipe_path), "--out", str(out)] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+    created = datetime.datetime.fromtimestamp((out / ".lock").stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds") \
+        if (out / ".lock").exists() else None
+    return {"schema": "edgekit-results/1",
+            "run": {"name": recipe.name or out.name, "created": created, "edgekit_version": edgekit.__version__,
+                    "commands": [shlex.join(cmd)], "recipe": _read_yaml(out / "recipe.resolved.yaml")},
+            "budget": {"max_accuracy_drop": recipe.budget.max_accuracy_drop / 100, "metric": recipe.budget.metric},
+            "reference_variant": REFERENCE_VARIANT,
+            "calibration": {"name": recipe.calibration.name or "", **cal},
+            "variants": variants, "targets": targets, "results": rows}
+
+
+def _read_yaml(p: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(p.read_text()) if p.exists() else {}

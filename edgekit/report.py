@@ -66,6 +66,12 @@ def _metrics(res: Results, r: Result):
     return (v.torch_metrics, True) if r.status == "ok" and v and v.torch_metrics else (None, False)
 
 
+def budget_of(res: Results, variant: str):
+    """A variant's own budget where the recipe gave one, else the run's (the metric is always the run's)."""
+    v = res.variants.get(variant)
+    return v.budget if v is not None and v.budget is not None else res.budget
+
+
 def analyse(res: Results) -> tuple[dict[str, list[Row]], list[str]]:
     cells, problems = res.cells()
     by_target: dict[str, list[Row]] = {}
@@ -82,7 +88,8 @@ def analyse(res: Results) -> tuple[dict[str, list[Row]], list[str]]:
             val = getattr(m, res.budget.metric) if m else None
             delta = val - ref_v if val is not None and ref_v is not None else None
             p50 = c.latency[1].median if c.status == "ok" and 1 in c.latency else None
-            rows.append(Row(c, val, torch_only, delta, None if delta is None else delta >= -res.budget.max_accuracy_drop - 1e-12,
+            limit = budget_of(res, c.variant).max_accuracy_drop
+            rows.append(Row(c, val, torch_only, delta, None if delta is None else delta >= -limit - 1e-12,
                             p50, ref_p50 / p50 if ref_p50 and p50 else None))
     return by_target, problems
 
@@ -176,7 +183,9 @@ def build(res: Results):
     ref, budget = res.reference_variant, res.budget
     B = [("h2", "Recommendation", "recommendation"),
          ("p", f"Budget: at most {100 * budget.max_accuracy_drop:.1f} pt {budget.metric} drop vs {ref} on the same target; "
-               "among the variants within it, the one with the lowest p50 latency at batch 1.")]
+               "among the variants within it, the one with the lowest p50 latency at batch 1."
+               + "".join(f" {n} has its own budget: {100 * v.budget.max_accuracy_drop:.1f} pt." for n, v in res.variants.items()
+                         if v.budget is not None and v.budget.max_accuracy_drop != budget.max_accuracy_drop))]
     B += [("box", kind, f"{t} ({_where(res, t)})", text) for t, (kind, text, _) in recs.items()]
 
     failed = [(f"variant {n}", v.reason) for n, v in res.variants.items() if v.status == "failed"]
@@ -208,7 +217,8 @@ def build(res: Results):
                 continue
             m, torch_only = _metrics(res, r)
             mark, lat = " †" if torch_only else "", r.latency.get(1)
-            verdict = C(pts(w.delta), *(("pass", 1, "within budget") if w.passes else ("fail", 1, "over budget"))) if w.passes is not None else C("–", "muted")
+            lim = f"{100 * budget_of(res, r.variant).max_accuracy_drop:.1f} pt"
+            verdict = C(pts(w.delta), *(("pass", 1, f"within {lim}") if w.passes else ("fail", 1, f"over {lim}"))) if w.passes is not None else C("–", "muted")
             body.append([name, ci(m and m.accuracy, m and m.accuracy_ci95, mark), verdict,
                          ci(m and m.f1_macro, m and m.f1_macro_ci95, mark), *(ms(lat and getattr(lat, k)) for k in ("median", "p90", "p99")),
                          per_s(r.throughput.get(big)) if big else "–", times(w.speedup), mb(_size(res, r)), count(v and v.params),

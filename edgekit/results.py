@@ -13,7 +13,7 @@ Shape (one line per block; see the models below for every field)::
      "budget": {max_accuracy_drop, metric},
      "reference_variant": "fp32",
      "calibration": {name, size, class_counts, modality_coverage},
-     "variants": {NAME: {status, reason, passes, params, macs, size_bytes, branch_stats, precision_map, torch_metrics}},
+     "variants": {NAME: {status, reason, passes, params, macs, size_bytes, branch_stats, precision_map, torch_metrics, budget}},
      "targets": {NAME: {backend, location, status, reason, fingerprint}},
      "results": [{variant, target, status, reason, precision, metrics, parity, latency: {BATCH: stats},
                   throughput: {BATCH: samples/s}, peak_rss_bytes, build_seconds, artifact_size_bytes, power}],
@@ -97,6 +97,7 @@ class Variant(_Open):
     branch_stats: Optional[BranchStats] = None
     precision_map: Optional[dict[str, LayerPrecision]] = Field(None, description="per layer, for quantized variants")
     torch_metrics: Optional[Metrics] = Field(None, description="metrics of the torch model (before compiling)")
+    budget: Optional[Budget] = Field(None, description="this variant's own budget, where the recipe gives one (else the run's)")
 
 
 class Target(_Open):

@@ -13,16 +13,32 @@ from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json, file_sha256
 
 
+_HELD: dict[str, int] = {}  # lock path -> depth: a stage inside `edgekit run` takes the lock its caller holds
+
+
 class RunLock:
-    """An flock on RUN_DIR/.lock: released by the kernel even on SIGKILL, so a crashed run never blocks the next."""
+    """An flock on RUN_DIR/.lock: released by the kernel even on SIGKILL, so a crashed run never blocks the next.
+    Re-entrant within one process (the run holds it while its stages take it again)."""
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / ".lock"
         self.fd = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        key = str(self.path.resolve())
+        if _HELD.get(key):
+            _HELD[key] += 1
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgekitError(f"cannot create the run directory {self.path.parent}: {e.strerror}",
+                               "choose an --out you can write to") from e
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise EdgekitError(f"cannot write to the run directory {self.path.parent}: {e.strerror}",
+                               "choose an --out you can write to") from e
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -32,9 +48,15 @@ class RunLock:
                                "wait for it to finish, stop it, or use a different --out") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        _HELD[key] = 1
         return self
 
     def __exit__(self, *exc):
+        key = str(self.path.resolve())
+        _HELD[key] -= 1
+        if _HELD[key]:
+            return
+        del _HELD[key]
         os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)

@@ -1,6 +1,7 @@
 """The contract every stage shares: what a model takes and returns, by name."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, Optional
 
 import numpy as np
@@ -67,8 +68,11 @@ class ModelSpec(BaseModel):
         return out
 
     def check_feed(self, feed: dict) -> None:
-        """Raise a clear error if a feed's names, shapes or dtypes do not match this spec."""
+        """Raise a clear error if a feed's names, shapes, batch sizes or dtypes do not match this spec, or a
+        float input holds NaN/Inf (a model would return garbage logits for it, silently). Every runner calls this."""
         expected = ", ".join(f"{i.name}{_fmt(i.shape)}:{i.dtype}" for i in self.inputs)
+        if not isinstance(feed, Mapping):
+            raise EdgekitError(f"the inputs are a {type(feed).__name__}, not a mapping of input name to array", f"pass a dict: the model expects {expected}")
         names = set(feed)
         want = set(self.input_names)
         if names != want:
@@ -77,16 +81,30 @@ class ModelSpec(BaseModel):
                 f"input names do not match the model: missing {missing}, unexpected {extra}",
                 f"the model expects {expected}",
             )
+        batch = {}
         for i in self.inputs:
             arr = feed[i.name]
+            if not isinstance(arr, np.ndarray):
+                raise EdgekitError(f"input '{i.name}' is a {type(arr).__name__}, not a numpy array",
+                                   f"convert it, e.g. np.asarray(x, dtype='{i.dtype}') (a torch tensor: t.numpy())")
             shape = list(arr.shape)
             ok = len(shape) == len(i.shape) and all(d is None or d == s for d, s in zip(i.shape, shape))
             if not ok:
                 raise EdgekitError(f"input '{i.name}' has shape {shape}, expected {_fmt(i.shape)}", f"the model expects {expected}")
             if str(arr.dtype) != i.dtype:
                 raise EdgekitError(f"input '{i.name}' has dtype {arr.dtype}, expected {i.dtype}", f"cast it with .astype('{i.dtype}')")
+            batch.update({i.name: s for d, s in zip(i.shape[:1], shape) if d is None})
+        if len(set(batch.values())) > 1:
+            raise EdgekitError("inputs have different batch sizes: " + ", ".join(f"{n} {b}" for n, b in batch.items()),
+                               "every input of one call must hold the same samples (same first dimension)")
+        for i in self.inputs:
+            arr = feed[i.name]
             if i.dtype.startswith("float") and not np.isfinite(arr).all():
-                raise EdgekitError(f"input '{i.name}' contains NaN or Inf", "clean or impute the input before inference")
+                n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+                rows = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1)) if arr.ndim else []
+                where = f" in sample(s) {', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}" if len(rows) else ""
+                raise EdgekitError(f"input '{i.name}' contains {n_nan} NaN and {n_inf} Inf value(s){where}",
+                                   "clean or impute the input before inference (e.g. np.nan_to_num, or drop those samples)")
 
 
 def _fmt(shape) -> str:

@@ -49,3 +49,26 @@ def test_corrupt_checkpoint_via_cli(tiny_checkpoint, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
     r = run_cli("evaluate", tmp_path)
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_option_is_a_usage_error_exit_2():
+    r = run_cli("train", "--no-such-option")
+    assert r.returncode == 2
+    assert "No such option" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bug_in_edgekit_says_so_exit_1(monkeypatch, capsys):
+    """The last line of defence in main(): an exception that is not the user's fault."""
+    from edgekit import cli
+
+    def broken(**_):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "internal error (a bug in edgekit)" in text and "ZeroDivisionError: boom" in text and "Traceback" not in text

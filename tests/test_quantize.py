@@ -63,7 +63,6 @@ def test_keep_float_keeps_a_branch_out_of_int8(setup, quantized):
     assert rec["quantizers"] < quantized[1]["quantizers"]
 
 
-@pytest.mark.slow  # ~20 s on an idle 2-core machine, minutes when it is shared
 def test_accuracy_aware_search_meets_budget_or_says_not_met(setup):
     model, spec, _, cal, val = setup
     # calibrating on audio scaled down 20x gives its activation ranges far too narrow: a badly quantized model

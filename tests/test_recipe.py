@@ -3,7 +3,6 @@ what is allowed; and (slow) the compress stage end to end on a tiny model and on
 import copy
 import re
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -102,7 +101,7 @@ def test_cli_compress_with_a_typo_exits_2_with_one_line(tmp_path):
     assert "unknown key 'presett'" in r.stderr and "Traceback" not in r.stderr
 
 
-# ---------------------------------------------------------------- the compress stage end to end (slow)
+# ---------------------------------------------------------------- the compress stage end to end
 
 def _recipe(tmp_path, fsdd, variants, budget=2.0):
     d = {"name": "t", "data": {"dataset": "avdigits", "fsdd": fsdd, "seed": 0}, "calibration": {"size": 32},
@@ -137,7 +136,6 @@ def test_compress_stage_end_to_end(tmp_path, tiny_checkpoint, fsdd):
     assert again["variants"]["pruned"]["key"] == v["pruned"]["key"]
 
 
-@pytest.mark.slow
 def test_compress_user_model_via_factory(tmp_path, fsdd):
     """A user's model (not ours) given as factory + bare safetensors + its inputs in the recipe."""
     import torch

@@ -10,12 +10,24 @@ from edgekit.rundir import RunLock, Stages, stage_key
 
 
 def test_second_writer_is_refused_with_the_pid(tmp_path):
-    with RunLock(tmp_path):
-        with pytest.raises(EdgekitError, match=f"PID {os.getpid()}"):
+    import subprocess
+    import sys
+
+    take = f"from edgekit.rundir import RunLock; RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); input()"
+    holder = subprocess.Popen([sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(EdgekitError, match=f"PID {holder.pid}"):
             with RunLock(tmp_path):
                 pass
-    with RunLock(tmp_path):  # released on exit
-        pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path):  # released when its holder is gone
+        with RunLock(tmp_path):  # re-entrant in one process: a stage inside `edgekit run` takes it again
+            pass
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())  # still held after the inner exit
+    assert (tmp_path / ".lock").read_text() == ""
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path):

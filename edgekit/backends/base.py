@@ -95,7 +95,11 @@ _REGISTRY = {
 
 def get_backend(name: str) -> Backend:
     if name not in _REGISTRY:
-        raise EdgekitError(f"unknown backend '{name}'", f"choose one of: {', '.join(_REGISTRY)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), _REGISTRY, n=1, cutoff=0.6)
+        raise EdgekitError(f"unknown backend '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                           f"choose one of: {', '.join(_REGISTRY)}")
     from edgekit.checkpoint import resolve_factory
 
     return resolve_factory(_REGISTRY[name])()

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekit.backends.base import Artifact, Backend, Runner
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_path
+from edgekit.io import atomic_path, ensure_dir
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -92,15 +92,17 @@ class OnnxRuntimeBackend(Backend):
 
     def compile(self, onnx_path, spec, options, out_dir):
         """Options: threads (default: usable cores), optimization (disabled|basic|extended|all, default all),
-        providers (default CUDA if present, else CPU), precision (auto|fp32|fp16|int8: fp16 converts the ONNX first)."""
+        providers (default CUDA if present, else CPU), precision (auto|fp32|fp16|int8: fp16 converts the ONNX first),
+        qdq_rewrite (default true: an INT8 graph's activations become uint8 and BatchNorms are folded first, see
+        edgekit.export.prepare_int8_for_cpu; false compiles the Q/DQ graph as it is)."""
         import onnx
         import onnxruntime as ort
 
-        from edgekit.export import onnx_precision, to_fp16_onnx
+        from edgekit.export import onnx_precision, prepare_int8_for_cpu, to_fp16_onnx
 
         self.require()
         onnx_path, out = Path(onnx_path), Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         have = onnx_precision(onnx.load(str(onnx_path), load_external_data=False))
         precision = options.get("precision", "auto")
         if precision == "fp16" and have == "fp32":
@@ -109,8 +111,13 @@ class OnnxRuntimeBackend(Backend):
             onnx_path, have = fp16, "fp16"
         elif precision not in ("auto", have):
             raise EdgekitError(f"{onnx_path} is {have}, not {precision}", "for int8 export a quantized model (Q/DQ); fp16 is converted from an fp32 ONNX")
+        rewrite = None
+        if have == "int8" and options.get("qdq_rewrite", True):
+            # uint8 activations and folded BatchNorms: what ORT's QDQ fusions need on x86 (export.prepare_int8_for_cpu)
+            rewrite = prepare_int8_for_cpu(onnx_path, out / "source.cpu-int8.onnx")
+            onnx_path = out / "source.cpu-int8.onnx"
         opts = {"threads": int(options.get("threads") or default_threads()), "optimization": options.get("optimization", "all"),
-                "providers": _providers(ort, options.get("providers"))}
+                "providers": _providers(ort, options.get("providers")), "qdq_rewrite": rewrite is not None}
         path = out / "model.onnx"
         t0 = time.perf_counter()
         with atomic_path(path, suffix=".onnx") as tmp:
@@ -119,13 +126,15 @@ class OnnxRuntimeBackend(Backend):
             so.log_severity_level = 3  # ORT warns that an "all"-level file is hardware specific: recorded in meta["note"]
             ort.InferenceSession(str(onnx_path), so, providers=opts["providers"])
         art = Artifact(backend=self.name, path=path, spec=spec, precision=have, options=opts,
-                       meta={"source": str(onnx_path), "compile_seconds": round(time.perf_counter() - t0, 3),
+                       meta={"source": str(onnx_path), "qdq_rewrite": rewrite, "compile_seconds": round(time.perf_counter() - t0, 3),
                              "size_bytes": path.stat().st_size, "onnxruntime": ort.__version__,
                              "note": "optimized for this machine's providers/ISA; recompile elsewhere"})
         art.save()
         return art
 
-    def load(self, artifact, threads: int | None = None, providers=None):
+    def load(self, artifact, threads: int | None = None, providers=None, profile_prefix: str | None = None):
+        """profile_prefix turns on ONNX Runtime's profiler, writing <prefix>_<time>.json when
+        runner.session.end_profiling() is called (see edgekit.profile)."""
         import onnxruntime as ort
 
         self.require()
@@ -135,6 +144,9 @@ class OnnxRuntimeBackend(Backend):
         providers = _providers(ort, providers or artifact.options.get("providers"))
         # the file is already optimized at the compile level: optimizing again only slows loading
         so = _session_options(ort, threads, "disabled")
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile_prefix)
         sess = ort.InferenceSession(str(artifact.path), so, providers=providers)
         return OnnxRuntimeRunner(sess, artifact.spec, {"backend": self.name, "threads": threads, "providers": sess.get_providers(),
                                                        "graph_optimization": f"{artifact.options.get('optimization')} (at compile)",

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.backends.base import Artifact, Backend, Runner
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_path
+from edgekit.io import atomic_path, ensure_dir
 
 
 class OpenVINORunner(Runner):
@@ -26,17 +26,19 @@ class OpenVINORunner(Runner):
         return {name: np.array(res[port]) for port, name in self._outputs}  # copies: the request reuses its buffers
 
     def bind(self, feed):
-        """Input tensors set once on the infer request, sharing the numpy memory: a timed call is infer() only."""
+        """Input tensors set once, sharing the numpy memory, on an infer request of the binding's own: a timed call
+        is infer() only, and two bindings (batch 1 and batch 8, timed in turns) never overwrite each other's inputs."""
         import openvino as ov
 
         self.spec.check_feed(feed)
         keep = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        request = self.compiled.create_infer_request()
         for name, arr in keep.items():
-            self.request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
+            request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
 
         def call():
-            self.request.infer()
-        call.keep = keep
+            request.infer()
+        call.keep, call.request = keep, request
         return call
 
 
@@ -53,11 +55,13 @@ class OpenVINOBackend(Backend):
 
     def compile(self, onnx_path, spec, options, out_dir):
         """Options: device (default CPU), precision (auto|fp32|fp16|int8; fp16 = weights stored as fp16 and an f16
-        inference hint), threads (default: all the plugin's), hint (LATENCY|THROUGHPUT, default LATENCY)."""
+        inference hint), threads (default: all the plugin's), hint (LATENCY|THROUGHPUT, default LATENCY), qdq_rewrite
+        (default true on CPU: an INT8 graph's activations become uint8 and BatchNorms are folded first, see
+        edgekit.export.prepare_int8_for_cpu)."""
         import onnx
         import openvino as ov
 
-        from edgekit.export import onnx_precision
+        from edgekit.export import onnx_precision, prepare_int8_for_cpu
 
         self.require()
         onnx_path, out = Path(onnx_path), Path(out_dir)
@@ -72,24 +76,34 @@ class OpenVINOBackend(Backend):
                 # f32 keeps fp32 numerics even where the plugin would default to bf16; quantized parts still run int8
                 "inference_precision": "f16" if have == "fp16" else "f32", "compress_to_fp16": have == "fp16"}
         t0 = time.perf_counter()
+        rewrite = None
+        if have == "int8" and options.get("qdq_rewrite", True) and opts["device"].upper().startswith("CPU"):
+            # uint8 activations (oneDNN's u8s8 kernels) and folded BatchNorms: export.prepare_int8_for_cpu
+            out.mkdir(parents=True, exist_ok=True)
+            rewrite = prepare_int8_for_cpu(onnx_path, out / "source.cpu-int8.onnx")
+            onnx_path = out / "source.cpu-int8.onnx"
+        opts["qdq_rewrite"] = rewrite is not None
         try:
             # convert_model, not read_model: its offline passes store Q/DQ weights as int8 in the IR
             model = ov.convert_model(str(onnx_path))
         except Exception as e:  # noqa: BLE001 — the ONNX frontend raises several types
             raise EdgekitError(f"OpenVINO cannot read {onnx_path}: {str(e).splitlines()[0][:300]}", "check the opset and ops with `onnx.checker`; re-export with edgekit export") from e
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         shutil.rmtree(out / "cache", ignore_errors=True)  # blobs of a previous compile would only pile up
         xml = out / "model.xml"
         with atomic_path(out / "model.bin", suffix=".bin") as tmp_bin, atomic_path(xml, suffix=".xml") as tmp_xml:
             ov.save_model(model, str(tmp_xml), compress_to_fp16=opts["compress_to_fp16"])
-            Path(tmp_xml).with_suffix(".bin").replace(tmp_bin)  # save_model names the .bin after the .xml
+            # save_model names the .bin after the .xml; if it fails (disk full), atomic_path removes that stray .bin too
+            Path(tmp_xml).with_suffix(".bin").replace(tmp_bin)
         art = Artifact(backend=self.name, path=xml, spec=spec, precision=have, options=opts,
-                       meta={"source": str(onnx_path), "compile_seconds": round(time.perf_counter() - t0, 3),
+                       meta={"source": str(onnx_path), "qdq_rewrite": rewrite, "compile_seconds": round(time.perf_counter() - t0, 3),
                              "size_bytes": xml.stat().st_size + (out / "model.bin").stat().st_size, "openvino": ov.get_version()})
         art.save()
         return art
 
-    def load(self, artifact, threads: int | None = None, hint: str | None = None, cache: bool = True):
+    def load(self, artifact, threads: int | None = None, hint: str | None = None, cache: bool = True, profiling: bool = False):
+        """profiling=True turns on the plugin's performance counters (runner.request.get_profiling_info(); see
+        edgekit.profile); they cost a little time per infer, so benchmarks leave them off."""
         import openvino as ov
 
         self.require()
@@ -100,6 +114,8 @@ class OpenVINOBackend(Backend):
         threads = threads or o.get("threads")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if profiling:
+            config["PERF_COUNT"] = True
         cache_dir = artifact.path.parent / "cache"
         cached = cache and cache_dir.is_dir() and any(cache_dir.iterdir())
         if cache:

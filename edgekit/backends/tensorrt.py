@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit.backends.base import Artifact, Backend, Runner
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json, file_sha256
+from edgekit.io import atomic_path, atomic_write_json, ensure_dir, file_sha256
 from edgekit.spec import ModelSpec
 
 
@@ -69,6 +69,7 @@ class TensorRTBackend(Backend):
             plan = trt.build_plan(tensorrt.__version__, graph_info(onnx_path), opts, [i.model_dump() for i in spec.inputs])
         except trt.PlanError as e:
             raise EdgekitError(e.message, e.hint) from e
+        ensure_dir(out_dir)  # a bad --out fails now, not after a build of minutes
         gpu = CudaRuntime().devices()[0]
         t0 = time.perf_counter()
         try:
@@ -78,9 +79,9 @@ class TensorRTBackend(Backend):
             lines = " | ".join(e.key_lines[-3:]) or "no error lines in the TensorRT log"
             raise EdgekitError(f"TensorRT engine build failed for {onnx_path.name}: {lines}",
                                "try precision fp32 or a larger workspace_mb; run with -v for the full TensorRT log") from e
-        out_dir.mkdir(parents=True, exist_ok=True)
         dst = out_dir / "model.engine"
-        shutil.copyfile(engine, dst)
+        with atomic_path(dst, suffix=".engine") as tmp:  # a full disk must not leave a truncated engine behind
+            shutil.copyfile(engine, tmp)
         runner = TensorRTRunner(spec, dst)
         layers = runner.layer_info(spec.example_inputs(plan["batch"]["opt"]))
         atomic_write_json(out_dir / "layers.json", layers)

@@ -19,9 +19,14 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
             n, ch, width, rate = w.getnframes(), w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(n)
     except (wave.Error, EOFError, OSError) as e:
-        raise EdgekitError(f"cannot read WAV file {path}: {e}", "replace or delete the file; expected PCM WAV") from e
+        why = getattr(e, "strerror", None) or str(e) or ("the file is empty or cut short" if isinstance(e, EOFError) else type(e).__name__)
+        raise EdgekitError(f"cannot read WAV file {path}: {why}", "replace or delete the file; expected PCM WAV") from e
     if width != 2 or not raw:
         raise EdgekitError(f"unsupported or empty WAV file {path} ({width * 8}-bit, {n} frames)", "convert it to 16-bit PCM WAV")
+    got = len(raw) // (width * ch)
+    if got < n or rate <= 0:
+        what = f"is truncated (its header says {n} frames, it holds {got})" if got < n else f"has sample rate {rate}"
+        raise EdgekitError(f"corrupt WAV file {path}: it {what}", "re-copy or replace the file, or delete it")
     x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
     return x.reshape(-1, ch).mean(1), rate
 

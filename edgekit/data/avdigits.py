@@ -2,10 +2,10 @@
 (scikit-learn's `load_digits`), a spoken digit (real FSDD recordings, or espeak-ng speech when no FSDD
 path is given) as log-mel features, and a short noisy sentence — all of the same digit.
 
-Every modality is only partly informative (image noise and occlusion, audio noise, sentences that often
-omit the digit or mention a wrong one), so fusing them beats the best single modality. Splits are disjoint
-in every modality: test images, recordings (takes 0-4, the usual FSDD split) and sentences never appear in
-training; validation uses takes 5-9."""
+Every modality is only partly informative (image noise and occlusion, a noisy microphone with dropouts,
+sentences that often omit the digit or mention a wrong one), so fusing them beats the best single modality.
+Splits are disjoint in every modality: test images, recordings (takes 0-4, the usual FSDD split) and
+sentences never appear in training; validation uses takes 5-9."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +21,7 @@ from edgekit.data.audio import FRONTEND, log_mel, read_wav
 from edgekit.errors import EdgekitError
 from edgekit.spec import MASK_INPUT
 
-VERSION = 2
+VERSION = 3  # v3: harsher microphone model (SNR -14..4 dB, tilt, dropout, band loss, gain)
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FILLER = ("the a an is was it this that number digit value my your code pin card shows reads says "
           "please enter write call dial type note page row item label box tag door room seat level "
@@ -106,12 +106,34 @@ def _sentence(digit: int, rng) -> np.ndarray:
     return np.array(ids + [0] * (SEQ_LEN - len(ids)), np.int64)
 
 
+NOISE = {"snr_db": (-14.0, 4.0), "tilt": 1.5, "gain_db": 6.0, "dropout": (0.5, 12), "band_loss": (0.5, 10)}
+
+
 def _noisy_mel(mel: np.ndarray, rng) -> np.ndarray:
-    """Add background noise in the power domain at a random SNR (-6..12 dB): audio alone is imperfect."""
-    power = np.exp(mel)
-    snr_db = rng.uniform(-6, 12)
-    noise = power.mean() / (10 ** (snr_db / 10)) * rng.exponential(1.0, mel.shape)
-    return np.log(power + noise).astype(np.float32)
+    """A noisy, imperfect microphone, in the mel power domain: audio alone is right only part of the time.
+
+    Background noise at a random SNR (-14..4 dB against the clip's mean power) with a random spectral
+    tilt (hum-like to hiss-like), a dropout (half the clips lose 2-12 frames of speech: only noise is
+    left there), a lost frequency band (half the clips lose 2-10 mel bands of speech) and a random
+    input gain (+-6 dB). Every draw comes from `rng`, so a seed fixes the dataset."""
+    n_mels, frames = mel.shape
+    clean = np.exp(mel)
+    speech = clean.copy()
+    p, longest = NOISE["dropout"]
+    if rng.random() < p:
+        w = rng.integers(2, longest + 1)
+        t = rng.integers(0, frames - w + 1)
+        speech[:, t : t + w] = 0
+    p, widest = NOISE["band_loss"]
+    if rng.random() < p:
+        w = rng.integers(2, widest + 1)
+        f = rng.integers(0, n_mels - w + 1)
+        speech[f : f + w] = 0
+    tilt = np.exp(rng.uniform(-NOISE["tilt"], NOISE["tilt"]) * np.linspace(-1, 1, n_mels))[:, None]
+    snr_db = rng.uniform(*NOISE["snr_db"])
+    noise = clean.mean() / 10 ** (snr_db / 10) * (tilt / tilt.mean()) * rng.exponential(1.0, mel.shape)
+    gain = 10 ** (rng.uniform(-NOISE["gain_db"], NOISE["gain_db"]) / 10)
+    return np.log(gain * (speech + noise) + 1e-6).astype(np.float32)
 
 
 def build(fsdd: Path | None, seed: int = 0) -> dict[str, ArrayDataset]:

@@ -33,17 +33,24 @@ def definition_path(name: str) -> Path:
 def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: float = 0.0, seed: int = 0,
            required: tuple[str, ...] = ()) -> ArrayDataset:
     """`size` paired samples: equal per class when stratify == "class" (the remainder spread over classes),
-    uniform otherwise; a fraction `missing` of them gets one modality (never a `required` one) removed."""
+    uniform otherwise; a fraction `missing` of them gets one modality (never a `required` one) removed.
+    A size larger than the source, or (stratified) smaller than its number of classes, is an error: the set
+    would silently not be what the recipe asked for."""
     if size < 1:
         raise EdgekitError(f"calibration size is {size}", "use at least one sample per class (e.g. size: 256)")
     if len(data) == 0:
         raise EdgekitError("the calibration source split is empty", "check the recipe's data section")
     if not 0.0 <= missing < 1.0:
         raise EdgekitError(f"calibration 'missing' fraction is {missing}", "give a fraction in [0, 1), e.g. 0.2")
+    if size > len(data):
+        raise EdgekitError(f"calibration size {size} is larger than its source split ({len(data)} samples)",
+                           f"use size: {len(data)} or less, or calibrate on a larger split (split: train)")
     rng = np.random.default_rng(seed)
-    size = min(size, len(data))
     if stratify == "class":
         classes = np.unique(data.labels)
+        if size < len(classes):
+            raise EdgekitError(f"calibration size {size} cannot hold one sample of each of the {len(classes)} classes (stratify: class)",
+                               f"use size: {len(classes)} or more (64-512 is typical), or stratify: none")
         per = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
         idx = np.concatenate([rng.permutation(np.flatnonzero(data.labels == c))[:n] for c, n in zip(classes, per)])
     elif stratify == "none":
@@ -82,6 +89,12 @@ def check(data: ArrayDataset, spec: ModelSpec, what: str = "calibration set") ->
         raise EdgekitError(f"the {what} has no input {missing} that the model needs",
                            f"its samples must carry every model input: {', '.join(spec.input_names)}")
     spec.check_feed({n: feed[n] for n in spec.input_names})
+    for name in spec.input_names:  # the first batch was checked above; NaN/Inf anywhere would poison the INT8 ranges
+        arr = data.inputs[name]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))
+            raise EdgekitError(f"the {what} has NaN or Inf in '{name}' ({len(bad)} sample(s), e.g. sample {bad[0]})",
+                               "clean those samples (np.nan_to_num) or drop them before calibrating")
     if MASK_INPUT not in data.inputs:
         return
     mask = data.inputs[MASK_INPUT]

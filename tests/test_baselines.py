@@ -1,0 +1,151 @@
+"""benchmarks/baselines.py on a tiny model with very few iterations: every row is there, the ratios are the ones
+the pooled latencies give, the run's results.json gets a `baselines` section the report renders, the per-layer
+profiles are written, and bad input is one line with exit status 2. No timing is asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.backends.base import get_backend
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "baselines.py"
+BACKENDS = ["onnxruntime"] + (["openvino"] if get_backend("openvino").available()[0] else [])
+FAST = ["--rounds", "2", "--seconds", "0.02", "--min-iterations", "3", "--warmup", "2", "--calibration-size", "16",
+        "--eval-samples", "48", "--profile-iterations", "3", "--backends", ",".join(BACKENDS)]
+
+
+def _script(*args, env=None):
+    import os
+
+    e = dict(os.environ, **(env or {}))
+    e.pop("EDGEKIT_DEBUG", None)
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=REPO, env=e, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_checkpoint, fsdd):
+    """A run directory as `edgekit run` leaves it, for a tiny model: variants fp32 and int8 (NNCF PTQ, exported as
+    Q/DQ), and a results.json in which int8 is faster on every target and within budget (so it is recommended)."""
+    from edgekit import checkpoint, export
+    from edgekit.data import avdigits
+    from edgekit.passes.quantize import quantize
+    from edgekit.results import save_results
+
+    run = tmp_path_factory.mktemp("run") / "cpu"
+    model, spec, _ = checkpoint.load(tiny_checkpoint)
+    test = avdigits.load("test", fsdd).subset(np.arange(48))
+    calib = avdigits.load("train", fsdd).subset(np.arange(32))
+    export.to_onnx(model, spec, run / "variants" / "fp32" / "model.onnx", check_parity_on=test)
+    q, _ = quantize(model, spec, calib)
+    export.to_onnx(q, spec, run / "variants" / "int8" / "model.onnx", check_parity_on=test, min_top1=0.0)
+    metrics = {"n": 48, "accuracy": 0.9, "f1_macro": 0.9}
+    results = [{"variant": v, "target": b, "precision": v, "metrics": dict(metrics, accuracy=acc),
+                "latency": {1: {"unit": "s", "median": lat, "p99": lat * 1.2, "n": 10}}, "throughput": {1: 1 / lat}}
+               for b in BACKENDS for v, acc, lat in (("fp32", 0.9, 0.002), ("int8", 0.898, 0.001))]
+    save_results({"schema": "edgekit-results/1", "run": {"name": "cpu"}, "budget": {"max_accuracy_drop": 0.01},
+                  "variants": {"fp32": {"precision": "fp32"}, "int8": {"precision": "int8"}},
+                  "targets": {b: {"backend": b} for b in BACKENDS}, "results": results}, run / "results.json")
+    return run, tiny_checkpoint
+
+
+@pytest.mark.slow
+def test_baselines_rows_ratios_results_and_profiles(tiny_run, fsdd):
+    run, ck = tiny_run
+    res = _script("--checkpoint", ck, "--run", run, *FAST, *(["--fsdd", fsdd] if fsdd else []))
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((run / "baselines" / "baselines.json").read_text())
+    rows = {(r["key"], r["backend"]): r for r in doc["rows"]}
+    assert set(rows) == {("B0", "torch"), ("B2u", "onnxruntime")} | {(k, b) for k in ("B1", "B2", "E") for b in BACKENDS}
+    assert len({r["name"] for r in doc["rows"]}) == len(doc["rows"])
+    b0 = rows[("B0", "torch")]
+    for r in doc["rows"]:
+        s = r["latency_ms"]["1"]
+        assert s["n"] >= 2 * 3 and s["min"] <= s["median"] <= s["p99"] <= s["max"]
+        assert len(r["round_medians_ms"]["1"]) == len(r["round_medians_ms"]["8"]) == 2
+        assert r["throughput"]["8"] > 0 and r["size_bytes"] > 0 and 0 <= r["metrics"]["accuracy"] <= 1
+        assert r["metrics"]["n"] == 48
+    for b in BACKENDS:
+        e, b1, b2 = rows[("E", b)], rows[("B1", b)], rows[("B2", b)]
+        assert e["variant"] == "int8" and e["precision"] == "int8" and b2["precision"] == "int8" and b1["precision"] == "fp32"
+        for ref_name, ref in (("B0", b0), ("B1", b1), ("B2", b2)):
+            ra = e["ratios"][ref_name]
+            assert ra["speedup_p50_b1"] == pytest.approx(ref["latency_ms"]["1"]["median"] / e["latency_ms"]["1"]["median"], rel=1e-9)
+            assert ra["throughput_ratio_b8"] == pytest.approx(e["throughput"]["8"] / ref["throughput"]["8"], rel=1e-9)
+            assert ra["accuracy_delta_pt"] == pytest.approx(100 * (e["metrics"]["accuracy"] - ref["metrics"]["accuracy"]))
+            lo, hi = ra["speedup_p50_b1_per_round"]
+            assert lo <= hi
+        assert set(b2["ratios"]) == {"B0", "B1"} and set(b1["ratios"]) == {"B0"}
+        assert set(e["ratios"]) == {"B0", "B1", "B2"} | ({"B2u"} if b == "onnxruntime" else set())
+        t = doc["targets"][b]
+        assert t["E"] == "int8" and t["speedup_vs_B2"]["value"] == pytest.approx(e["ratios"]["B2"]["speedup_p50_b1"])
+        assert t["speedup_vs_B2"]["met"] == (t["speedup_vs_B2"]["value"] >= 1.6)
+        b2u = {rows[("B2u", b)]["name"]} if b == "onnxruntime" else set()
+        assert isinstance(t["accuracy_drop_vs_fp32_pt"]["met"], bool) and set(t["int8_faster_than_fp32"]) == {b2["name"], e["name"]} | b2u
+        assert e["qdq_rewrite"]["relu_outputs"] + e["qdq_rewrite"]["shifted"] > 0  # edgekit's CPU Q/DQ rewrite applied to E
+        prof = json.loads((run / "baselines" / f"profile-{b}.json").read_text())
+        ms = [x["ms"] for x in prof["top"]]
+        assert 0 < len(ms) <= 10 and ms == sorted(ms, reverse=True) and prof["iterations"] == 3
+        assert sum(x["share"] for x in prof["all_layers"]) == pytest.approx(1.0)
+    # results.json: the same rows in SI units, rendered by the report
+    merged = json.loads((run / "results.json").read_text())["baselines"]
+    assert [r["name"] for r in merged["rows"]] == [r["name"] for r in doc["rows"]] and merged["note"] == doc["note"]
+    for m, r in zip(merged["rows"], doc["rows"]):
+        assert m["latency_p50"] == pytest.approx(r["latency_ms"]["1"]["median"] / 1000)
+        assert m["throughput"] == pytest.approx(r["throughput"]["8"]) and m["accuracy"] == r["metrics"]["accuracy"]
+        assert m["speedup_vs_B2"] == (r["ratios"]["B2"]["speedup_p50_b1"] if "B2" in r["ratios"] else None)
+    report = (run / "report.md").read_text()
+    assert "Baselines" in report and "speedup_vs_B2" in report and rows[("E", "onnxruntime")]["name"] in report
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_checkpoint):
+    (tmp_path / "run").mkdir()
+    res = _script("--checkpoint", tiny_checkpoint, "--run", tmp_path / "run", *FAST)
+    assert res.returncode == 2 and "results.json" in res.stderr and "Traceback" not in res.stderr
+    res = _script("--checkpoint", tiny_checkpoint, "--variant", tmp_path / "nothing.onnx", "--out", tmp_path / "o", *FAST)
+    assert res.returncode == 2 and "neither a variant directory" in res.stderr and "Traceback" not in res.stderr
+    res = _script("--checkpoint", tiny_checkpoint, "--variant", tmp_path, *FAST)
+    assert res.returncode == 2 and "--out" in res.stderr
+    assert not (tmp_path / "run" / "baselines" / "baselines.json").exists()
+
+
+def test_int8_export_folds_batchnorm_and_cpu_rewrite_fuses_every_conv(tiny_run, tmp_path, fsdd):
+    """The Q/DQ placement E's speed depends on: no BatchNorm left between a Q/DQ conv and its Q, and after the CPU
+    rewrite (uint8 activations) ONNX Runtime runs every convolution as QLinearConv and no MatMul in float, with
+    the same predictions as the graph before the rewrite."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit import export
+    from edgekit.data import avdigits
+
+    run, _ = tiny_run
+    src = run / "variants" / "int8" / "model.onnx"
+    report = json.loads(export.sidecar(src, "export.json").read_text())
+    ops = report["op_counts"]
+    assert "BatchNormalization" not in ops and report["bn_folded_into_qdq_conv"] == ops["Conv"] > 0
+    done = export.prepare_int8_for_cpu(src, tmp_path / "cpu.onnx")
+    assert done["relu_outputs"] > 0 and done["shifted"] > 0 and done["bn_folded"] == 0  # already folded at export
+    assert export.prepare_int8_for_cpu(run / "variants" / "fp32" / "model.onnx", tmp_path / "no.onnx") is None
+    assert not (tmp_path / "no.onnx").exists()
+
+    def optimized(path):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(tmp_path / f"{path.stem}.opt.onnx")
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        kinds = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+        return sess, {k: kinds.count(k) for k in set(kinds)}
+
+    before, ops_before = optimized(src)
+    after, ops_after = optimized(tmp_path / "cpu.onnx")
+    assert ops_after.get("QLinearConv") == ops["Conv"] and "Conv" not in ops_after and "FusedConv" not in ops_after
+    assert "MatMul" not in ops_after and ops_after.get("QLinearConv", 0) > ops_before.get("QLinearConv", 0)
+    test = avdigits.load("test", fsdd).subset(np.arange(48))
+    feed = {k: v for k, v in test.inputs.items()}
+    a, b = before.run(None, feed)[0], after.run(None, feed)[0]
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95 and np.abs(a - b).max() < 0.5 * np.abs(a).max()
