@@ -9,7 +9,6 @@ The criterion it checks: every fusion model reaches at least the best single-mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
