@@ -287,6 +287,11 @@ def resolve_calibration(settings: CalibrationSettings) -> CalibrationSettings:
 
 # ---------------------------------------------------------------- one-line errors
 
+def _quoted(key) -> str:
+    """'key', or its escaped repr when it holds a newline or other unprintable characters (errors stay one line)."""
+    return f"'{key}'" if str(key).isprintable() else repr(str(key))
+
+
 def _describe(e: ValidationError) -> str:
     errors = e.errors()
     first = errors[0]
@@ -294,9 +299,9 @@ def _describe(e: ValidationError) -> str:
     where = _path(loc[:-1]) or "the top level"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
-        text = f"unknown key '{loc[-1]}' in {where}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        text = f"unknown key {_quoted(loc[-1])} in {where}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
     elif first["type"] == "missing":
-        text = f"missing required key '{loc[-1]}' in {where}"
+        text = f"missing required key {_quoted(loc[-1])} in {where}"
     else:
         msg = first["msg"].removeprefix("Value error, ")
         text = (f"{_path(loc)}: {msg}" if loc else msg) + (f" (got {first['input']!r})" if first["type"] not in ("value_error",) and not isinstance(first["input"], (dict, list)) else "")
