@@ -73,6 +73,25 @@ def _peak_rss_mb() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window for this process (peak_rss_bytes then reports the peak since)."""
+    try:  # Linux: writing "5" resets VmHWM
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory since the last reset_peak_rss (Linux VmHWM; None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def load_runner(path, backend: str | None = None, threads: int | None = None) -> tuple[Runner, dict]:
     """(runner, artifact facts) for a compiled artifact, or for a checkpoint folder with backend 'torch'."""
     path = Path(path)

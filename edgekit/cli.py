@@ -65,7 +65,6 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
     from edgekit.models import preset_config
     from edgekit.train import DEFAULT_EPOCHS, train_reference
     from edgekit.data.avdigits import resolve_fsdd
-
     from edgekit.io import check_writable
 
     preset_config(preset, fusion, text_kind=text)  # bad names fail before any slow work

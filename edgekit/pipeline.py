@@ -519,7 +519,7 @@ def run(recipe_path, out=None, checkpoint=None, force=(), ssh: dict | None = Non
             seconds["deploy"] = time.time() - t0
         steps.begin("report")
         t0 = time.time()
-        results = _assemble(recipe, summary, targets, rows, out, recipe_path, checkpoint, force)
+        results = _assemble(recipe, summary, targets, rows, out, recipe_path, checkpoint)
         from edgekit.report import write_report
         from edgekit.results import save_results
 
@@ -550,7 +550,7 @@ def _local_target(t, names: list[str], summary: dict, recipe: Recipe, test, out:
         m = summary["variants"][name]
         tdir = out / "targets" / _slug(t.label) / name
         onnx = out / "variants" / name / "model.onnx"
-        steps_before = steps.done
+        measuring = False
         if not ok or m.get("status") != "ok":
             steps.begin("compile", f"{name} on {t.label}: skipped ({'backend unavailable' if not ok else 'variant failed'})")
             steps.begin("measure", f"{name} on {t.label}: skipped")
@@ -561,9 +561,10 @@ def _local_target(t, names: list[str], summary: dict, recipe: Recipe, test, out:
             steps.begin("compile", f"{name} on {t.label}")
             ckey = stage_key({"backend": t.backend, "options": t.options}, onnx)
             if not stages.done(f"compile/{t.label}/{name}", ckey):
-                _compile(t, onnx, tdir / "artifact", m)
+                _compile(t, onnx, tdir / "artifact")
                 stages.mark(f"compile/{t.label}/{name}", ckey, [tdir / "artifact" / "artifact.json"])
             steps.begin("measure", f"{name} on {t.label}")
+            measuring = True
             mkey = stage_key({"bench": recipe.bench.model_dump(), "data": recipe.data.model_dump()}, tdir / "artifact" / "artifact.json")
             if not stages.done(f"measure/{t.label}/{name}", mkey):
                 atomic_write_json(tdir / "result.json", _measure_local(t, tdir / "artifact", name, recipe, test))
@@ -574,12 +575,13 @@ def _local_target(t, names: list[str], summary: dict, recipe: Recipe, test, out:
         except EdgekitError as e:
             reason = f"{e.message} ({e.hint})" if e.hint else e.message
             console.print(f"[red]  {name} on {t.label} failed:[/] {reason}", highlight=False)
-            steps.done = max(steps.done, steps_before + 2)
+            if not measuring:  # the compile failed: its measure step is skipped, not left uncounted
+                steps.begin("measure", f"{name} on {t.label}: skipped (compile failed)")
             rows.append({"variant": name, "target": t.label, "status": "failed", "reason": reason})
     return info, rows
 
 
-def _compile(t, onnx: Path, adir: Path, m: dict) -> None:
+def _compile(t, onnx: Path, adir: Path) -> None:
     """compile_onnx into a fresh folder (a half-built artifact from a killed run is removed first)."""
     import shutil
 
@@ -596,12 +598,12 @@ def _compile(t, onnx: Path, adir: Path, m: dict) -> None:
 def _measure_local(t, adir: Path, name: str, recipe: Recipe, test) -> dict:
     """Accuracy on the test split and latency per batch size, of the artifact as the target runs it."""
     from edgekit.backends.base import Artifact, get_backend
-    from edgekit.bench import benchmark
+    from edgekit.bench import benchmark, peak_rss_bytes, reset_peak_rss
     from edgekit.evaluate import evaluate
 
     art = Artifact.load(adir)
     b = recipe.bench
-    _reset_peak_rss()
+    reset_peak_rss()
     runner = get_backend(t.backend).load(art, **({"threads": b.threads} if b.threads else {}))
     metrics = evaluate(runner, test, art.spec.class_names)
     bench = benchmark(runner, b.batch_sizes, warmup=b.warmup, min_seconds=b.min_seconds, min_iterations=b.min_iterations)
@@ -610,26 +612,9 @@ def _measure_local(t, adir: Path, name: str, recipe: Recipe, test) -> dict:
             "parity": art.meta.get("parity"),
             "latency": {int(k): v["latency_ms"] for k, v in bench["batches"].items()},
             "throughput": {int(k): v["throughput_per_s"] for k, v in bench["batches"].items()},
-            "peak_rss_bytes": _peak_rss(), "peak_rss_note": "process peak while this variant was loaded, evaluated and timed",
+            "peak_rss_bytes": peak_rss_bytes(), "peak_rss_note": "process peak while this variant was loaded, evaluated and timed",
             "build_seconds": art.meta.get("build_seconds"), "artifact_size_bytes": sum(p.stat().st_size for p in files),
             "runner_settings": runner.settings, "high_variance": bench["high_variance"], "protocol": bench["protocol"]}
-
-
-def _reset_peak_rss() -> None:
-    try:  # Linux: "5" resets VmHWM, so the next peak is this variant's
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _slug(label: str) -> str:
@@ -669,7 +654,7 @@ def _remote_target(t, names: list[str], summary: dict, recipe: Recipe, out: Path
     return info, rows
 
 
-def _assemble(recipe: Recipe, summary: dict, targets: dict, rows: list, out: Path, recipe_path, checkpoint, force) -> dict:
+def _assemble(recipe: Recipe, summary: dict, targets: dict, rows: list, out: Path, recipe_path, checkpoint) -> dict:
     """results.json (edgekit-results/1) from the stages' files."""
     import datetime
     import shlex

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json, file_sha256
+from edgekit.io import atomic_write_json, ensure_dir, file_sha256, write_error
 
 
 _HELD: dict[str, int] = {}  # lock path -> depth: a stage inside `edgekit run` takes the lock its caller holds
@@ -29,16 +29,11 @@ class RunLock:
         if _HELD.get(key):
             _HELD[key] += 1
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EdgekitError(f"cannot create the run directory {self.path.parent}: {e.strerror}",
-                               "choose an --out you can write to") from e
+        ensure_dir(self.path.parent)
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise EdgekitError(f"cannot write to the run directory {self.path.parent}: {e.strerror}",
-                               "choose an --out you can write to") from e
+            raise write_error(self.path, e) from e
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
