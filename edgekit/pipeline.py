@@ -597,23 +597,22 @@ def _compile(t, onnx: Path, adir: Path) -> None:
 
 def _measure_local(t, adir: Path, name: str, recipe: Recipe, test) -> dict:
     """Accuracy on the test split and latency per batch size, of the artifact as the target runs it."""
-    from edgekit.backends.base import Artifact, get_backend
-    from edgekit.bench import benchmark, peak_rss_bytes, reset_peak_rss
+    from edgekit.backends.base import Artifact
+    from edgekit.bench import benchmark, load_runner, peak_rss_bytes, reset_peak_rss
     from edgekit.evaluate import evaluate
 
     art = Artifact.load(adir)
     b = recipe.bench
     reset_peak_rss()
-    runner = get_backend(t.backend).load(art, **({"threads": b.threads} if b.threads else {}))
+    runner, facts = load_runner(adir, t.backend, b.threads)  # facts: size of what the runtime loads (not its ONNX source)
     metrics = evaluate(runner, test, art.spec.class_names)
     bench = benchmark(runner, b.batch_sizes, warmup=b.warmup, min_seconds=b.min_seconds, min_iterations=b.min_iterations)
-    files = [p for p in adir.iterdir() if p.is_file() and p.name != "artifact.json"]
     return {"variant": name, "target": t.label, "status": "ok", "reason": "", "precision": art.precision, "metrics": metrics,
             "parity": art.meta.get("parity"),
             "latency": {int(k): v["latency_ms"] for k, v in bench["batches"].items()},
             "throughput": {int(k): v["throughput_per_s"] for k, v in bench["batches"].items()},
             "peak_rss_bytes": peak_rss_bytes(), "peak_rss_note": "process peak while this variant was loaded, evaluated and timed",
-            "build_seconds": art.meta.get("build_seconds"), "artifact_size_bytes": sum(p.stat().st_size for p in files),
+            "build_seconds": art.meta.get("build_seconds"), "artifact_size_bytes": facts["size_bytes"],
             "runner_settings": runner.settings, "high_variance": bench["high_variance"], "protocol": bench["protocol"]}
 
 

@@ -56,6 +56,8 @@ def test_run_writes_every_stage_and_the_report(clean_run):
     row = next(x for x in res["results"] if x["variant"] == "int8" and x["target"] == "openvino")
     assert row["precision"] == "int8" and row["parity"]["top1_agreement"] > 0.8 and row["latency"]["4"]["median"] > 0
     assert res["variants"]["pruned"]["macs"] < res["variants"]["fp32"]["macs"]
+    size = {(x["variant"], x["target"]): x["artifact_size_bytes"] for x in res["results"]}
+    assert size[("int8", "onnxruntime")] < size[("fp32", "onnxruntime")]  # what the runtime loads, not also its ONNX source
     assert res["variants"]["pruned"]["budget"]["max_accuracy_drop"] == 0.5  # the recipe's 50 points, as a fraction
     assert "ship" in r.stderr or "keep" in r.stderr or "no variant" in r.stderr  # the recommendation is printed
 
