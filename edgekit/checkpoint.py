@@ -15,7 +15,15 @@ from edgekit.spec import ModelSpec
 
 FORMAT = "edgekit-checkpoint/1"
 DEFAULT_FACTORY = "edgekit.models:build_model"
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, or torch.save's zip of pickles
+_PICKLE_MAGIC = (tuple(bytes([0x80, p]) for p in range(2, 6)), b"PK\x03\x04")  # raw pickle protocol 2-5, or torch.save's zip
+
+
+def _is_pickle(head: bytes, size: int) -> bool:
+    """A pickle or torch.save zip, not safetensors. A safetensors file starts with its header's length (8 bytes, little
+    endian) and then the header's '{': that length's first byte can be 0x80 too (about 1 file in 256), so it is checked first."""
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return False
+    return head[:2] in _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]
 
 
 def resolve_factory(ref: str):
@@ -76,7 +84,7 @@ def read_state(weights: Path) -> dict[str, torch.Tensor]:
         raise EdgekitError(f"checkpoint weights {weights} are missing", "copy model.safetensors next to config.json")
     try:
         with open(weights, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except OSError as e:
         raise EdgekitError(f"cannot read checkpoint weights {weights}: {e.strerror}", "check that it is a readable file") from e
     if weights.suffix in (".pt", ".pth"):
@@ -88,7 +96,7 @@ def read_state(weights: Path) -> dict[str, torch.Tensor]:
             raise EdgekitError(f"{weights} holds a {type(state).__name__} that is not a state dict of tensors",
                                "save model.state_dict() (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))")
         return state
-    if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
+    if _is_pickle(head, weights.stat().st_size):
         raise EdgekitError(f"{weights} contains a pickle, not safetensors; edgekit never unpickles checkpoints", "convert it: safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -115,21 +115,23 @@ def variants_in_run(run_dir) -> list[VariantSource]:
 
 
 def build_options(run_dir) -> dict:
-    """TensorRT build options from the run's resolved recipe (a `tensorrt:` mapping at its top level or under
-    a target/compile section), else the defaults."""
+    """TensorRT build options from the run's resolved recipe: the `options` of its first `backend: tensorrt` target
+    (or a `tensorrt:` mapping at the top level), else none (the agent's defaults)."""
     from edgekit.agent.trt import DEFAULT_OPTIONS
 
     import yaml
 
-    for name in ("recipe.resolved.yaml", "recipe.yaml", "recipe.json"):
+    for name in ("recipe.resolved.yaml", "recipe.yaml"):
         p = Path(run_dir) / name
         if not p.exists():
             continue
         doc = yaml.safe_load(p.read_text()) or {}
-        for section in (doc, doc.get("compile") or {}, doc.get("targets") or {}, doc.get("target") or {}):
-            found = section.get("tensorrt") if isinstance(section, dict) else None
-            if isinstance(found, dict):
-                return {k: v for k, v in (found.get("options") or found).items() if k in DEFAULT_OPTIONS}
+        targets = doc.get("targets") if isinstance(doc.get("targets"), list) else []
+        found = next((t.get("options") or {} for t in targets if isinstance(t, dict) and t.get("backend") == "tensorrt"), None)
+        if found is None and isinstance(doc.get("tensorrt"), dict):
+            found = doc["tensorrt"].get("options") or doc["tensorrt"]
+        if isinstance(found, dict):
+            return {k: v for k, v in found.items() if k in DEFAULT_OPTIONS}
     return {}
 
 

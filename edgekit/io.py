@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ def write_error(path, e: OSError, what: str = "write") -> EdgekitError:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return EdgekitError(f"cannot {what} {path}: {e.strerror}", "choose an output folder you can write to")
     return EdgekitError(f"cannot {what} {path}: {e.strerror or e}", "check free disk space and permissions of the output folder")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a target's label or host ('ssh://jetson:2222' -> 'ssh-jetson-2222')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
 def ensure_dir(path) -> Path:

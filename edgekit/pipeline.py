@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json, atomic_write_text
+from edgekit.io import atomic_write_json, atomic_write_text, slug
 from edgekit.recipe import REFERENCE_VARIANT, Recipe, VariantSettings, dump_recipe, load_recipe, resolve_calibration
 from edgekit.spec import ModelSpec
 from edgekit.ui import console, progress as progress_bar
@@ -548,7 +548,7 @@ def _local_target(t, names: list[str], summary: dict, recipe: Recipe, test, out:
     stages = Stages(out, force=force)
     for name in names:
         m = summary["variants"][name]
-        tdir = out / "targets" / _slug(t.label) / name
+        tdir = out / "targets" / slug(t.label) / name
         onnx = out / "variants" / name / "model.onnx"
         measuring = False
         if not ok or m.get("status") != "ok":
@@ -614,12 +614,6 @@ def _measure_local(t, adir: Path, name: str, recipe: Recipe, test) -> dict:
             "peak_rss_bytes": peak_rss_bytes(), "peak_rss_note": "process peak while this variant was loaded, evaluated and timed",
             "build_seconds": art.meta.get("build_seconds"), "artifact_size_bytes": facts["size_bytes"],
             "runner_settings": runner.settings, "high_variance": bench["high_variance"], "protocol": bench["protocol"]}
-
-
-def _slug(label: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
 
 
 def _remote_target(t, names: list[str], summary: dict, recipe: Recipe, out: Path, ssh: dict) -> tuple[dict, list]:

@@ -43,6 +43,21 @@ def test_pickle_is_refused_without_unpickling(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_path):
+    """A safetensors file begins with its header's length; when that length's low byte is 0x80 (one file in 256) it
+    looks like a pickle's first byte. A pruned model's weights hit this: they must load, not be refused."""
+    from safetensors.torch import save_file
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    for pad in range(300):
+        save_file(state, tmp_path / "w.safetensors", metadata={"pad": "x" * pad})
+        head = (tmp_path / "w.safetensors").read_bytes()[:8]
+        if head[0] == 0x80:
+            break
+    assert head[0] == 0x80
+    assert torch.equal(checkpoint.read_state(tmp_path / "w.safetensors")["w"], state["w"])
+
+
 def test_corrupt_truncated_and_mismatched(tiny_checkpoint, tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()

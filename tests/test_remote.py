@@ -295,3 +295,15 @@ def test_target_urls():
         with pytest.raises(EdgekitError, match=msg):
             Target.parse(bad)
     assert quote_command(["rm", "-rf", "--", "/x/a b; touch y"]) == "rm -rf -- '/x/a b; touch y'"
+
+
+def test_build_options_from_a_runs_recipe(tmp_path):
+    """`edgekit deploy RUN` builds with the options of the recipe's tensorrt target (keys the agent does not know,
+    such as `runtime`, are left out); a run without one gets the agent's defaults."""
+    from edgekit.deploy import build_options
+
+    assert build_options(tmp_path) == {}
+    (tmp_path / "recipe.resolved.yaml").write_text(
+        "targets:\n  - backend: onnxruntime\n  - backend: tensorrt\n    host: ssh://orin\n"
+        "    options: {precision: int8, workspace_mb: 2048, runtime: tensorrt}\n")
+    assert build_options(tmp_path) == {"precision": "int8", "workspace_mb": 2048}

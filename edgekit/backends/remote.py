@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import shlex
 import socket
 import stat
@@ -67,7 +66,9 @@ class Target:
     @property
     def slug(self) -> str:
         """A file-name-safe name for this target's results folder."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.host + ("" if self.port == 22 else f"-{self.port}")).strip("-")
+        from edgekit.io import slug
+
+        return slug(self.host + ("" if self.port == 22 else f"-{self.port}"))
 
 
 def quote_command(argv: list[str]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import time
 
@@ -32,9 +33,15 @@ from edgekit.spec import ModelSpec
 PRESETS = ("performance", "mixed")
 
 
+# NNCF compiles a C++ extension for its fake-quant ops on first use and gives up after 60 s by default: too short for
+# a 2-core machine under load (a fresh machine's first quantization failed so). Users can still set their own.
+EXTENSION_LOAD_TIMEOUT_S = "900"
+
+
 def _nncf():
     from edgekit._optional import require
 
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_LOAD_TIMEOUT_S)
     nncf = require("nncf", "INT8 quantization")
     logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf
@@ -154,6 +161,11 @@ def quantize(model: nn.Module, spec: ModelSpec, calibration: ArrayDataset, *, pr
         q = nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
     except nncf.ValidationError as e:
         raise EdgekitError(f"NNCF refused the quantization settings: {str(e).splitlines()[0][:300]}", "check ignored_scope / keep_float") from e
+    except Exception as e:
+        if type(e).__name__ == "ExtensionLoaderTimeoutException":
+            raise EdgekitError(f"NNCF's C++ extension did not build or load within {os.environ['NNCF_EXTENSION_LOAD_TIMEOUT']} s",
+                               "a stale build lock: remove ~/.cache/torch_extensions/*/nncf; a slow machine: set NNCF_EXTENSION_LOAD_TIMEOUT=0 (no limit)") from e
+        raise
     _unshare_quantizers(q)
     record = {"pass": "quantize", "settings": {"preset": preset, "fast_bias_correction": fast_bias_correction, "keep_float": list(keep_float),
                                                 "ignored_scope": ignored_scope or {}, "model_type": model_type, "batch_size": batch_size,
