@@ -251,11 +251,6 @@ def compile_plain(backend: str, onnx_path: Path, spec, out_dir: Path, options: d
     return get_backend(backend).compile(onnx_path, spec, options or {}, out_dir)
 
 
-def _artifact_bytes(art) -> int:
-    files = [art.path] + ([art.path.with_suffix(".bin")] if art.path.with_suffix(".bin").exists() else [])
-    return sum(f.stat().st_size for f in files)
-
-
 # ------------------------------------------------------------------------------------------------ timing
 
 def time_rows(rows: list[dict], spec, args, say) -> None:
@@ -512,7 +507,7 @@ def run(args) -> dict:
             art = r.pop("art")
             r["runner"] = get_backend(r["backend"]).load(art, threads=args.threads)
             r["art_obj"] = art
-            r["size_bytes"] = _artifact_bytes(art)
+            r["size_bytes"] = art.size_bytes()
         r["settings"] = {k: v for k, v in r["runner"].settings.items() if k in ("threads", "providers", "config", "graph_optimization", "mode")}
         say(f"evaluating {r['name']} on {len(test)} test samples")
         r["metrics"] = {k: v for k, v in evaluate(r["runner"], test, spec.class_names, missing=False).items() if k != "per_class_f1"}

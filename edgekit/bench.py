@@ -110,9 +110,8 @@ def load_runner(path, backend: str | None = None, threads: int | None = None) ->
         raise EdgekitError(f"{path} is an artifact for {art.backend}, not {backend}", f"use --backend {art.backend}, or compile for {backend} first")
     settings = {"threads": threads} if threads else {}
     runner = get_backend(art.backend).load(art, **settings)
-    files = [art.path] + ([art.path.with_suffix(".bin")] if art.path.with_suffix(".bin").exists() else [])
     return runner, {"path": str(art.path), "dir": str(art.path.parent), "backend": art.backend, "precision": art.precision,
-                    "size_bytes": sum(f.stat().st_size for f in files), "options": art.options}
+                    "size_bytes": art.size_bytes(), "options": art.options}
 
 
 def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5, iterations: int | None = None,

@@ -25,6 +25,11 @@ class Artifact:
     options: dict = field(default_factory=dict)  # every build setting, so a result can be reproduced
     meta: dict = field(default_factory=dict)  # build seconds, sizes, versions, parity, ...
 
+    def size_bytes(self) -> int:
+        """What the runtime loads: the file, plus an OpenVINO IR's weights (.bin) beside it."""
+        files = [self.path] + ([self.path.with_suffix(".bin")] if self.path.with_suffix(".bin").exists() else [])
+        return sum(f.stat().st_size for f in files)
+
     def save(self) -> Path:
         d = asdict(self)
         d["path"] = self.path.name
