@@ -1,6 +1,6 @@
 # Two set-up commands that work on a fresh machine (they create .venv and install what they need):
 #   make demo   - the main job end to end on the built-in data and model (edgekit run recipes/quickstart.yaml)
-#   make test   - the test suite
+#   make test   - the linter (ruff, config in pyproject.toml), then the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The real FSDD recordings when they sit beside the checkout; otherwise speech is synthesized with espeak-ng.
@@ -25,6 +25,7 @@ demo: install
 	$(VENV)/bin/edgekit run recipes/quickstart.yaml
 
 test: install
+	$(VENV)/bin/ruff check edgekit tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

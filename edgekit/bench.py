@@ -1,4 +1,4 @@
-"""Latency benchmark of any Runner, with the protocol in edgekit.latency: inputs bound once (Runner.bind), warm-up,
+"""Latency benchmark of any Runner, with the protocol in edgekit.agent.measure (shared with the device agent): inputs bound once (Runner.bind), warm-up,
 every call timed, statistics per batch size, cold start, memory, artifact size, and the environment and command
 that reproduce the numbers. `bench_artifact` is what `edgekit bench` runs; the result is one JSON document."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import latency
+from edgekit.agent import measure
+from edgekit.agent.measure import PROTOCOL
 from edgekit.backends.base import Artifact, Runner
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json
@@ -114,8 +115,10 @@ def load_runner(path, backend: str | None = None, threads: int | None = None) ->
                     "size_bytes": art.size_bytes(), "options": art.options}
 
 
-def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5, iterations: int | None = None,
-              min_seconds: float = 2.0, max_seconds: float = 60.0, seed: int = 0, min_iterations: int = 10) -> dict:
+def benchmark(runner: Runner, batch_sizes=tuple(PROTOCOL["batch_sizes"]), warmup: int = PROTOCOL["warmup"],
+              warmup_seconds: float = PROTOCOL["warmup_seconds"], iterations: int | None = PROTOCOL["iterations"],
+              min_seconds: float = PROTOCOL["min_seconds"], max_seconds: float = PROTOCOL["max_seconds"], seed: int = 0,
+              min_iterations: int = PROTOCOL["min_iterations"]) -> dict:
     """Time `runner` at each batch size (inputs generated from its spec, bound once). Returns the bench JSON
     without the artifact/cold-start parts (see bench_artifact)."""
     from edgekit.env import fingerprint
@@ -123,23 +126,18 @@ def benchmark(runner: Runner, batch_sizes=(1, 8), warmup: int = 10, warmup_secon
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise EdgekitError(f"batch sizes must be positive integers, got {list(batch_sizes)}", "e.g. --batch 1 --batch 8")
     rss0 = _rss_mb()
-    batches = {}
-    for b in batch_sizes:
-        call = runner.bind(runner.spec.example_inputs(int(b), seed))
-        times = latency.measure(call, warmup=warmup, warmup_seconds=warmup_seconds, iterations=iterations,
-                                min_seconds=min_seconds, max_seconds=max_seconds, min_iterations=min_iterations)
-        batches[str(b)] = {"batch": int(b), "latency_ms": latency.summarize(times),
-                           "throughput_per_s": latency.throughput(times, int(b)), "times_ms": [t * 1000 for t in times]}
+    settings = {"warmup": warmup, "warmup_seconds": warmup_seconds, "iterations": iterations, "min_seconds": min_seconds,
+                "min_iterations": min_iterations, "max_seconds": max_seconds}
+    batches = {str(b): measure.time_batch(runner.bind(runner.spec.example_inputs(int(b), seed)), int(b), settings)
+               for b in batch_sizes}
     return {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": runner.settings.get("backend", type(runner).__name__), "threads": runner.settings.get("threads"),
             "settings": runner.settings, "batches": batches,
             "high_variance": any(v["latency_ms"]["high_variance"] for v in batches.values()),
             "memory": {"peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb(), "rss_at_start_mb": rss0,
                        "note": "peak_rss_mb is the whole process's peak (ru_maxrss)"},
-            "protocol": {"warmup": warmup, "warmup_seconds": warmup_seconds, "iterations": iterations, "min_seconds": min_seconds,
-                         "min_iterations": min_iterations, "max_seconds": max_seconds, "cv_limit": latency.CV_LIMIT, "timer": "time.perf_counter per call",
-                         "inputs": "random from the ModelSpec (seed %d), bound once with Runner.bind" % seed,
-                         "percentiles": "nearest rank", "gc": "paused while timing", "concurrency": "1 request at a time"},
+            "protocol": {**settings, "cv_limit": measure.CV_LIMIT, **measure.PROTOCOL_NOTES,
+                         "inputs": "random from the ModelSpec (seed %d), bound once with Runner.bind" % seed},
             "environment": fingerprint()}
 
 
@@ -151,8 +149,9 @@ def bench_command(path, backend: str, batch_sizes, warmup: int, iterations: int 
     return shlex.join(args)
 
 
-def bench_artifact(path, backend: str | None = None, batch_sizes=(1, 8), warmup: int = 10, warmup_seconds: float = 0.5,
-                   iterations: int | None = None, min_seconds: float = 2.0, max_seconds: float = 60.0,
+def bench_artifact(path, backend: str | None = None, batch_sizes=tuple(PROTOCOL["batch_sizes"]), warmup: int = PROTOCOL["warmup"],
+                   warmup_seconds: float = PROTOCOL["warmup_seconds"], iterations: int | None = PROTOCOL["iterations"],
+                   min_seconds: float = PROTOCOL["min_seconds"], max_seconds: float = PROTOCOL["max_seconds"],
                    threads: int | None = None) -> dict:
     """Load (timed: cold start = load + first inference), then benchmark. `backend='torch'` takes a checkpoint."""
     rss0 = _rss_mb()
@@ -200,6 +199,6 @@ def print_result(result: dict) -> None:
     size = art.get("size_bytes")
     console.print(f"threads {result['threads']}  peak RSS {mem['peak_rss_mb']:.0f} MiB" + (f"  artifact {size / 2**20:.2f} MiB" if size else ""))
     if result["high_variance"]:
-        console.print(f"[yellow]CV above {latency.CV_LIMIT:.0%}: the machine was busy or the clock unstable; rerun before trusting the numbers[/]")
+        console.print(f"[yellow]CV above {measure.CV_LIMIT:.0%}: the machine was busy or the clock unstable; rerun before trusting the numbers[/]")
     if result.get("command"):
         console.print(f"reproduce: {result['command']}", highlight=False, soft_wrap=True)

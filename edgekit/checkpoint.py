@@ -2,7 +2,6 @@
 and where it came from). Nothing is ever unpickled: a .pt/.pth file is read with weights_only=True."""
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -26,13 +25,28 @@ def _is_pickle(head: bytes, size: int) -> bool:
     return head[:2] in _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]
 
 
-def resolve_factory(ref: str):
-    """'pkg.module:function' -> the function (a user's model plugs in this way)."""
-    mod, _, attr = ref.partition(":")
-    try:
-        return getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise EdgekitError(f"cannot import model factory '{ref}': {e}", "give it as 'package.module:function' importable from here") from e
+FACTORY_CALL = "factory(config: dict) -> torch.nn.Module"  # how every model factory is called (README "Trust")
+
+
+def resolve_factory(ref: str, origin: str = ""):
+    """'pkg.module:function' -> a callable building the model, only when the reference is trusted (edgekit's own, or
+    trusted by the user: README "Trust"); `origin` is the file it was read from. A user's factory comes wrapped so
+    that what it raises is reported as that code failing, with its file and line."""
+    from edgekit._optional import call_user_code, granted_origin, import_reference, is_own
+
+    origin = origin or granted_origin(ref)
+    factory = import_reference(ref, what="model factory", origin=origin)
+    if is_own(ref):
+        return factory
+
+    def build(config):
+        model = call_user_code(factory, config, ref=ref, what="model factory", origin=origin, called_as=FACTORY_CALL)
+        if not isinstance(model, nn.Module):
+            raise EdgekitError(f"model factory '{ref}'{f' (from {origin})' if origin else ''} returned a {type(model).__name__}, not a torch.nn.Module",
+                               f"edgekit calls a model factory as {FACTORY_CALL}")
+        return model
+
+    return build
 
 
 def save(model: nn.Module, spec: ModelSpec, out_dir, config: dict, factory: str = DEFAULT_FACTORY, **meta) -> Path:
@@ -79,7 +93,10 @@ def read_config(path) -> dict:
     return cfg
 
 
-def read_state(weights: Path) -> dict[str, torch.Tensor]:
+def read_state(weights: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors (or weights-only .pt) file. A .safetensors file is checked against `sha256`, else
+    against the weights_sha256 of the config.json beside it when there is one (files without a hash are accepted)."""
+    weights = Path(weights)
     if not weights.exists():
         raise EdgekitError(f"checkpoint weights {weights} are missing", "copy model.safetensors next to config.json")
     try:
@@ -102,28 +119,59 @@ def read_state(weights: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise EdgekitError(f"checkpoint weights {weights} are corrupt or truncated ({e})", "re-copy or re-create the checkpoint") from e
+    _check_hash(weights, sha256)  # after the format check, so a truncated file is called truncated
+    return state
 
 
-def load(path) -> tuple[nn.Module, ModelSpec, dict]:
-    """(model in eval mode, its ModelSpec, the whole config.json) — never unpickles."""
+def _check_hash(weights: Path, sha256: str | None) -> None:
+    """Bit-flipped or swapped weights with a valid header load fine and predict garbage: the hash recorded by save()
+    catches them. No hash (an older checkpoint, a user's bare weights) is accepted."""
+    if weights.suffix != ".safetensors":
+        return
+    if sha256 is None and weights.name == "model.safetensors" and (weights.parent / "config.json").is_file():
+        try:
+            sha256 = json.loads((weights.parent / "config.json").read_text()).get("weights_sha256")
+        except (OSError, ValueError, AttributeError, RecursionError):  # a broken config.json is reported by whoever reads it
+            sha256 = None
+    if not isinstance(sha256, str) or not sha256:
+        return
+    if file_sha256(weights) != sha256.lower():
+        raise EdgekitError(f"{weights}: weights do not match the hash in config.json: corrupt or altered",
+                           "re-copy model.safetensors and config.json together from their source (if you changed the weights "
+                           "on purpose, remove weights_sha256 from config.json)")
+
+
+def load(path, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict]:
+    """(model in eval mode, its ModelSpec, the whole config.json) — never unpickles. A factory that is not edgekit's
+    own runs only when trusted (README "Trust"); `trust_code=True` trusts it for this call."""
+    from contextlib import nullcontext
+
+    from edgekit._optional import trusted
+
     weights, cfg_path = _paths(path)
     cfg = read_config(path)
-    state = read_state(weights)
+    sha = cfg.get("weights_sha256")
+    state = read_state(weights, sha if isinstance(sha, str) else None)
     try:
         spec = ModelSpec.model_validate(cfg["spec"])
     except ValueError as e:  # pydantic's ValidationError
         raise EdgekitError(f"{cfg_path} has an invalid model spec: {str(e).splitlines()[0][:200]}", "restore config.json from the original checkpoint") from e
-    factory = resolve_factory(cfg.get("factory", DEFAULT_FACTORY))
+    ref = cfg.get("factory", DEFAULT_FACTORY)
+    with trusted() if trust_code else nullcontext():
+        factory = resolve_factory(ref, origin=str(cfg_path))
     try:
         model = factory(cfg["model"])
     except EdgekitError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # only edgekit's own factory gets here: a user's reports its own failure
         raise EdgekitError(f"the 'model' section of {cfg_path} cannot build a model ({type(e).__name__}: {str(e)[:200]})",
                            "restore config.json from the original checkpoint") from e
+    if not isinstance(model, nn.Module):  # edgekit's own factory given a config that is not a model's
+        raise EdgekitError(f"model factory '{ref}' in {cfg_path} returned a {type(model).__name__}, not a torch.nn.Module",
+                           "restore config.json from the original checkpoint")
     model = _restore_compression(model, cfg, spec)
     try:
         model.load_state_dict(state, strict=True)
@@ -151,14 +199,11 @@ def _mismatch(expected: dict, state: dict) -> str:
 
 
 def _restore_compression(model: nn.Module, cfg: dict, spec: ModelSpec) -> nn.Module:
-    """A compressed variant is its factory's model with the saved pruning plan replayed (when its config could
-    not express the pruned widths) and its saved INT8 quantizers re-inserted, before the weights load."""
-    if cfg.get("pruning_plan"):
-        from edgekit.passes.prune import apply_plan
+    """A compressed variant is its factory's model rebuilt by every pass in registry order, before the weights
+    load: prune replays its saved plan (when the config could not express the pruned widths), quantize re-inserts
+    its saved INT8 quantizers."""
+    from edgekit import passes
 
-        model = apply_plan(model, cfg["pruning_plan"], spec)
-    if cfg.get("quantization"):
-        from edgekit.passes.quantize import restore
-
-        model = restore(model, cfg["quantization"]["nncf"])
+    for name in passes.names():
+        model = passes.get(name).restore(model, cfg, spec)
     return model

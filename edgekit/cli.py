@@ -11,14 +11,17 @@ from typing import Optional
 
 import typer
 
-from edgekit.errors import ISSUES_URL, EdgekitError
+from edgekit.errors import ISSUES_URL, EdgekitError, InternalError
 from edgekit.ui import console, progress
 
 app = typer.Typer(help="Compress, compile and benchmark multimodal fusion models for edge devices.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
+TRUST_HELP = ("run the code that files name (a checkpoint's model factory, a data loader) even if it is not edgekit's own "
+              "or allowed in $EDGEKIT_TRUSTED_CODE: only for files you trust (README \"Trust\")")
 FSDD_HELP = "folder of FSDD spoken-digit WAVs (default: $EDGEKIT_FSDD; without it speech is synthesized with espeak-ng)"
+app.add_typer(__import__("edgekit.cli_data", fromlist=["app"]).app, name="data")
 
 
 @app.callback()
@@ -62,10 +65,10 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
           fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP),
           seed: int = typer.Option(0, help="seed for data and training (deterministic)")):
     """Train a reference fusion model on the built-in avdigits data and save a safe checkpoint."""
-    from edgekit.models import preset_config
-    from edgekit.train import DEFAULT_EPOCHS, train_reference
     from edgekit.data.avdigits import resolve_fsdd
     from edgekit.io import check_writable
+    from edgekit.models import preset_config
+    from edgekit.train import DEFAULT_EPOCHS, train_reference
 
     preset_config(preset, fusion, text_kind=text)  # bad names fail before any slow work
     resolve_fsdd(fsdd)
@@ -82,14 +85,18 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
 def evaluate(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint folder (model.safetensors + config.json)"),
              split: str = typer.Option("test", help="train | val | test"),
              fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP),
-             as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+             as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+             trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP)):
     """Accuracy, macro precision/recall/F1, per-class F1 and accuracy with each modality missing."""
     from edgekit import checkpoint
-    from edgekit.data import avdigits
+    from edgekit.data.resolver import builtin_split
     from edgekit.evaluate import evaluate as run_eval
 
-    model, spec, cfg = checkpoint.load(checkpoint_path)
-    data = avdigits.load(split, fsdd, spec.preprocessing.get("seed", 0))
+    model, spec, cfg = checkpoint.load(checkpoint_path, trust_code=trust_code)
+    data = builtin_split(spec, split, fsdd)
+    if data is None:
+        raise EdgekitError(f"{checkpoint_path} was not trained on the built-in dataset (or its recordings are gone), so there is no split to evaluate on",
+                           "pass --fsdd for the recordings, or evaluate on your data through a recipe (edgekit compress/run; `edgekit data check` shows the splits)")
     metrics = run_eval(model, data, spec.class_names)
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -102,11 +109,14 @@ def compress(checkpoint_path: Optional[Path] = typer.Argument(None, metavar="CHE
              recipe: Path = typer.Option(..., "--recipe", "-r", help="recipe YAML, e.g. recipes/quickstart.yaml"),
              out: Path = typer.Option(..., "--out", "-o", help="run directory to write (variants/<name>/...)"),
              variant: Optional[list[str]] = typer.Option(None, "--variant", help="only these variants (repeatable)"),
-             force: bool = typer.Option(False, "--force", help="redo variants even if their inputs are unchanged")):
+             force: bool = typer.Option(False, "--force", help="redo variants even if their inputs are unchanged"),
+             trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP)):
     """Turn one trained model into the recipe's variants (prune, distill, INT8), each judged on its exported graph."""
-    from edgekit.pipeline import compress as run_compress, print_table
+    from edgekit.compress import compress as run_compress
+    from edgekit.judge import print_table
 
-    print_table(run_compress(checkpoint_path, recipe, out, only=variant, force=force))
+    with _trust(trust_code):
+        print_table(run_compress(checkpoint_path, recipe, out, only=variant, force=force))
     console.print(f"run directory: {out} (compress.json, variants/<name>/metrics.json)")
 
 
@@ -118,14 +128,16 @@ def run(recipe: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML, 
                                                   "train, compress, compile, measure, deploy, report"),
         identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key for ssh:// targets (default: ssh-agent, ~/.ssh)"),
         known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file for ssh:// targets (default ~/.ssh/known_hosts)"),
-        accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust an ssh:// target's key on first contact (never a changed key)")):
+        accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust an ssh:// target's key on first contact (never a changed key)"),
+        trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP)):
     """The whole job: train or load the model, compress it into the recipe's variants, compile each for every target,
     evaluate and benchmark it there, and write results.json and the report. Rerun the same command after a crash or
     Ctrl-C to continue where it stopped (finished stages are skipped)."""
     from edgekit.pipeline import run as run_all
 
     ssh = {"identity": identity, "known_hosts": known_hosts, "accept_new_host": accept_new_host}
-    done = run_all(recipe, out, checkpoint, force or (), ssh)
+    with _trust(trust_code):
+        done = run_all(recipe, out, checkpoint, force or (), ssh)
     for line in done["recommendation"]:
         console.print(line, highlight=False, soft_wrap=True)
     console.print("seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in done["seconds"].items()), highlight=False)
@@ -137,13 +149,16 @@ def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", hel
            out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write"),
            opset: int = typer.Option(17, help="ONNX opset (17 is read by TensorRT 10.3, ONNX Runtime and OpenVINO)"),
            fp16: bool = typer.Option(False, "--fp16", help="also write <out>.fp16.onnx (float16 inside, float32 I/O; TensorRT 11's FP16)"),
-           fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP)):
+           fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP),
+           trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP)):
     """Export a checkpoint to ONNX (dynamic batch, Q/DQ for INT8) and check parity with the torch model."""
-    from edgekit.export import export_checkpoint, to_fp16_onnx
+    from edgekit.export import export_checkpoint
     from edgekit.io import check_writable
+    from edgekit.onnxgraph.fp16 import to_fp16_onnx
 
     check_writable(out)
-    reports = [export_checkpoint(checkpoint_path, out, fsdd=fsdd, opset=opset)]
+    with _trust(trust_code):
+        reports = [export_checkpoint(checkpoint_path, out, fsdd=fsdd, opset=opset)]
     if fp16:
         reports.append(to_fp16_onnx(out, out.with_suffix(".fp16.onnx")))
     for r in reports:
@@ -185,7 +200,8 @@ def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compile
           runtime: str = typer.Option("auto", help=RUNTIME_HELP),
           accept_new_host: bool = typer.Option(False, "--accept-new-host", help="trust a device not yet in known_hosts (adds its key)"),
           identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="SSH private key (default: ssh-agent, ~/.ssh/id_*)"),
-          known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="default ~/.ssh/known_hosts")):
+          known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="default ~/.ssh/known_hosts"),
+          trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP + "; with --backend torch")):
     """Latency (min/mean/median/p90/p95/p99/max, CV), throughput, cold start, memory; saved as bench-<backend>.json.
     With --target the engine is built and timed on each device (bench-<device>.json beside the ONNX)."""
     if target:
@@ -201,7 +217,8 @@ def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compile
         return
     from edgekit.bench import bench_artifact, print_result, save
 
-    result = bench_artifact(artifact, backend, batch_sizes=batch, warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads)
+    with _trust(trust_code):
+        result = bench_artifact(artifact, backend, batch_sizes=batch, warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads)
     path = save(result, out)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -239,6 +256,15 @@ def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run dire
     print(out["html"])
 
 
+def _trust(trust_code: bool):
+    """--trust-code: every code reference is trusted for this command (edgekit._optional.trusted)."""
+    from contextlib import nullcontext
+
+    from edgekit._optional import trusted
+
+    return trusted() if trust_code else nullcontext()
+
+
 def _print_metrics(m: dict) -> None:
     from rich.table import Table
 
@@ -265,6 +291,12 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except InternalError as e:
+        if os.environ.get("EDGEKIT_DEBUG") == "1":
+            raise
+        console.print(f"[red]internal error (a bug in edgekit):[/] {e}\n"
+                      f"please report it at {ISSUES_URL}; rerun with EDGEKIT_DEBUG=1 for the traceback", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 — the last line of defence: say it is our bug, not the user's
         from typer._click.exceptions import ClickException  # typer vendors click; plain `click` is not installed
 

@@ -15,3 +15,8 @@ class EdgekitError(Exception):
 
 
 ISSUES_URL = "https://github.com/edgekit/edgekit/issues"
+
+
+class InternalError(Exception):
+    """A bug in edgekit, not the user's mistake: the CLI says so, asks for a report and exits 1 (NNCF's split of
+    user-facing errors from internal ones)."""

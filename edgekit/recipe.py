@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from edgekit import passes
+from edgekit.data.settings import AvdigitsData, DataSettings  # `data:`: one schema per source format
 from edgekit.errors import EdgekitError
 from edgekit.spec import InputSpec
 
@@ -26,69 +28,12 @@ class _Strict(BaseModel):
 
 # ---------------------------------------------------------------- passes
 
-class PruneSettings(_Strict):
-    """Structured pruning (edgekit.passes.prune): give `ratio` or `target_macs`."""
-    ratio: Optional[float] = Field(None, gt=0, lt=1, description="fraction of channels/units/heads removed per group")
-    target_macs: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the MACs to keep; the ratio is searched")
-    per_branch: dict[str, float] = Field(default_factory=dict, description="{submodule: ratio}; 0 leaves a branch whole")
-    importance: Literal["magnitude", "taylor"] = "magnitude"
-    calibration_batches: int = Field(4, ge=1, description="batches of the calibration set for Taylor importance")
-    heads: Literal["heads", "dims", "both", "none"] = "heads"
-    round_to: Optional[int] = Field(None, ge=1, description="keep channel counts multiples of this: 16 suits TensorRT, 32 AVX-512 INT8 CPU kernels (unaligned widths leave kernel blocks half empty)")
-    ignore: list[str] = Field(default_factory=list, description="submodules never pruned")
-    global_pruning: bool = False
-
-    @model_validator(mode="after")
-    def _one_amount(self):
-        if (self.ratio is None) == (self.target_macs is None):
-            raise ValueError("give exactly one of 'ratio' (e.g. 0.3) and 'target_macs' (e.g. 0.5)")
-        bad = {k: v for k, v in self.per_branch.items() if not 0 <= v < 1}
-        if bad:
-            raise ValueError(f"per_branch ratios must be in [0, 1): {bad}")
-        return self
+PASS_NAMES = passes.names()
 
 
-class DistillSettings(_Strict):
-    """Knowledge distillation from the original model (edgekit.passes.distill); after `quantize` it is QAT."""
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha goes to the labels")
-    features: list[str] = Field(default_factory=list, description="branch modules whose outputs are matched too")
-    feature_weight: float = Field(1.0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    patience: Optional[int] = Field(3, ge=1, description="early stopping on validation accuracy; null = never")
-    modality_p: float = Field(0.2, ge=0, lt=1, description="modality dropout probability")
-    seed: int = 0
-
-
-class IgnoredScopeSettings(_Strict):
-    names: list[str] = Field(default_factory=list, description="NNCF op names, e.g. audio/body/0/conv2d/0")
-    patterns: list[str] = Field(default_factory=list, description="regular expressions over NNCF op names")
-    types: list[str] = Field(default_factory=list, description="op types, e.g. matmul")
-
-
-class QuantizeSettings(_Strict):
-    """INT8 post-training quantization (edgekit.passes.quantize); `max_accuracy_drop` turns on accuracy-aware mode."""
-    preset: Literal["performance", "mixed"] = "performance"
-    fast_bias_correction: bool = True
-    keep_float: list[str] = Field(default_factory=list, description="modules kept in float, e.g. [audio.body.0]")
-    ignored_scope: Optional[IgnoredScopeSettings] = None
-    model_type: Optional[Literal["transformer"]] = None
-    batch_size: int = Field(32, ge=1)
-    max_accuracy_drop: Optional[float] = Field(None, ge=0, description="points on the validation split")
-    ranking_samples: int = Field(128, ge=1, description="validation samples used to rank op sensitivity")
-    max_float_ops: Optional[int] = Field(None, ge=1, description="give up after this many ops in float")
-
-
-PASS_NAMES = ("prune", "distill", "quantize")
-
-
-class PassStep(_Strict):
-    """One pass: a mapping with exactly one key, e.g. {prune: {ratio: 0.3}}; `quantize:` alone uses defaults."""
-    prune: Optional[PruneSettings] = None
-    distill: Optional[DistillSettings] = None
-    quantize: Optional[QuantizeSettings] = None
+class _OnePass(_Strict):
+    """One pass: a mapping with exactly one key, e.g. {prune: {ratio: 0.3}}; `quantize:` alone uses defaults.
+    PassStep below adds one optional field per registered pass (edgekit.passes), typed by that pass's Settings."""
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +58,10 @@ class PassStep(_Strict):
     @property
     def settings(self) -> BaseModel:
         return getattr(self, self.name)
+
+
+PassStep = create_model("PassStep", __base__=_OnePass, __module__=__name__, __doc__=_OnePass.__doc__,
+                        **{n: (Optional[passes.get(n).Settings], None) for n in PASS_NAMES})
 
 
 # ---------------------------------------------------------------- the rest of a recipe
@@ -157,12 +106,6 @@ class ModelSource(_Strict):
         if (self.factory or self.inputs) and self.train:
             raise ValueError("'factory'/'inputs' go with 'checkpoint', not 'train'")
         return self
-
-
-class DataSettings(_Strict):
-    dataset: Literal["avdigits"] = "avdigits"
-    fsdd: Optional[str] = Field(None, description="FSDD recordings folder ($EDGEKIT_FSDD if unset)")
-    seed: int = 0
 
 
 class CalibrationSettings(_Strict):
@@ -211,7 +154,7 @@ class Recipe(_Strict):
     name: str = ""
     description: str = ""
     model: Optional[ModelSource] = Field(None, description="optional: `edgekit compress CHECKPOINT` gives it")
-    data: DataSettings = Field(default_factory=DataSettings)
+    data: DataSettings = Field(default_factory=AvdigitsData)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     budget: Budget = Field(default_factory=Budget)
     variants: list[VariantSettings] = Field(min_length=1)
@@ -232,9 +175,6 @@ class Recipe(_Strict):
         if len(set(labels)) != len(labels):
             raise ValueError(f"two targets share a label ({labels}); give them distinct 'name's")
         return self
-
-    def budget_of(self, variant: VariantSettings) -> Budget:
-        return variant.budget or self.budget
 
 
 # ---------------------------------------------------------------- load / dump
@@ -260,6 +200,16 @@ def load_recipe(path) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EdgekitError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}", "check indentation and quoting") from None
     return parse_recipe(data, str(p))
+
+
+def trust_recipe_code(recipe: Recipe, path=None):
+    """A context in which the code references the recipe names (model.factory, data.loader) are trusted: a recipe the
+    user runs is their own instruction, like a script (README "Trust"). Its modules are imported with the recipe's
+    folder on sys.path, so a recipe can name a module beside it."""
+    from edgekit._optional import trusted
+
+    refs = [r for r in (getattr(recipe.model, "factory", None), getattr(recipe.data, "loader", None)) if isinstance(r, str)]
+    return trusted(refs, origin=str(path or ""), base_dir=Path(path).resolve().parent if path else None)
 
 
 def dump_recipe(recipe: Recipe) -> str:

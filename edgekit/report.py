@@ -1,28 +1,23 @@
 """results.json -> report.md, a self-contained report.html (plots inline as SVG, no network) and the plots as PNG.
 
 The report is built once as a list of blocks (headings, boxes, tables, figures) and written twice, as Markdown and
-as HTML, so both always say the same. Every (variant, target) pair appears: what failed shows its reason."""
+as HTML (report_render.py), so both always say the same; report_plots.py draws the figures. This module holds what
+the report says: the analysis, the recommendation and the sections. Every (variant, target) pair appears: what
+failed shows its reason."""
 from __future__ import annotations
 
-import html
-import io
 import json
 from pathlib import Path
 from typing import NamedTuple
 
-from edgekit.io import atomic_path, atomic_write_text
+from edgekit.io import atomic_write_text
+from edgekit.judge import budget_of
+from edgekit.report_plots import write_figures
+from edgekit.report_render import C, to_html, to_markdown
 from edgekit.results import Result, Results, load_results
 
 CV_WARN = 0.05  # latency spread above which a number should not be trusted to the last digit
 MODALITIES = ("image", "audio", "text")
-
-
-class C(NamedTuple):
-    """A table cell: text, a CSS class (pass/fail/warn/muted/txt), columns spanned, a smaller second line."""
-    text: str
-    cls: str = ""
-    span: int = 1
-    sub: str = ""
 
 
 def _na(f):
@@ -56,6 +51,7 @@ class Row(NamedTuple):
     passes: bool | None
     p50: float | None
     speedup: float | None
+    size: int | None  # bytes on disk: the target's artifact, else the variant's own size
 
 
 def _metrics(res: Results, r: Result):
@@ -66,10 +62,15 @@ def _metrics(res: Results, r: Result):
     return (v.torch_metrics, True) if r.status == "ok" and v and v.torch_metrics else (None, False)
 
 
-def budget_of(res: Results, variant: str):
-    """A variant's own budget where the recipe gave one, else the run's (the metric is always the run's)."""
+def _budget(res: Results, variant: str):
+    """The budget `variant` is held to (edgekit.judge.budget_of; the metric is always the run's)."""
     v = res.variants.get(variant)
-    return v.budget if v is not None and v.budget is not None else res.budget
+    return budget_of(v.budget if v is not None else None, res.budget)
+
+
+def _size(res: Results, r: Result):
+    v = res.variants.get(r.variant)
+    return r.artifact_size_bytes or (v.size_bytes if v else None)
 
 
 def analyse(res: Results) -> tuple[dict[str, list[Row]], list[str]]:
@@ -88,9 +89,9 @@ def analyse(res: Results) -> tuple[dict[str, list[Row]], list[str]]:
             val = getattr(m, res.budget.metric) if m else None
             delta = val - ref_v if val is not None and ref_v is not None else None
             p50 = c.latency[1].median if c.status == "ok" and 1 in c.latency else None
-            limit = budget_of(res, c.variant).max_accuracy_drop
+            limit = _budget(res, c.variant).max_accuracy_drop
             rows.append(Row(c, val, torch_only, delta, None if delta is None else delta >= -limit - 1e-12,
-                            p50, ref_p50 / p50 if ref_p50 and p50 else None))
+                            p50, ref_p50 / p50 if ref_p50 and p50 else None, _size(res, c)))
     return by_target, problems
 
 
@@ -118,60 +119,6 @@ def recommend(res: Results, by_target: dict[str, list[Row]]) -> dict[str, tuple[
                                 f"p50 at batch 1), {res.budget.metric} {pts(best.delta)} ({pct(best.metric)} vs {pct(ref.metric)})"
                                 + (" †" if best.torch_only else ""), best)
     return out
-
-
-def _size(res: Results, r: Result):
-    v = res.variants.get(r.variant)
-    return r.artifact_size_bytes or (v.size_bytes if v else None)
-
-
-# ------------------------------------------------------------------------------------------------ plots
-
-def _figures(res: Results, by_target, recs, out_dir: Path) -> dict[str, str]:
-    """Pareto (accuracy vs p50) and accuracy vs size: PNG files beside the report, inline SVG strings returned."""
-    import matplotlib
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
-    colors, svgs = matplotlib.colormaps["tab10"].colors, {}
-    plots = {"pareto": ("p50 latency at batch 1 (ms)", lambda w: w.p50 and w.p50 * 1e3, "accuracy vs latency (line: Pareto frontier, dashed: budget, ring: chosen)"),
-             "size_accuracy": ("size on disk (MB)", lambda w: _size(res, w.r) and _size(res, w.r) / 1e6, "accuracy vs size (line: Pareto frontier)")}
-    for name, (xlabel, xof, title) in plots.items():
-        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.size": 9}):
-            fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-            ax, xs = fig.add_subplot(), []
-            for i, (t, rows) in enumerate(by_target.items()):
-                p = sorted(((xof(w), 100 * w.metric, w) for w in rows if w.metric is not None and xof(w)), key=lambda q: q[:2])
-                if not p:
-                    continue
-                c, xs = colors[i % len(colors)], xs + [q[0] for q in p]
-                ax.scatter([q[0] for q in p], [q[1] for q in p], color=c, label=t, zorder=3, s=26)
-                for x, y, w in p:
-                    ax.annotate(w.r.variant, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=c)
-                    if name == "pareto" and recs[t][2] is w:
-                        ax.scatter([x], [y], s=170, facecolors="none", edgecolors=c, lw=1.5, zorder=4)
-                front = [q for j, q in enumerate(p) if all(q[1] > o[1] for o in p[:j])]  # nothing cheaper is as accurate
-                ax.step([q[0] for q in front], [q[1] for q in front], where="post", color=c, alpha=0.6, lw=1.3)
-                ref = next((w for w in rows if w.r.variant == res.reference_variant and w.metric is not None), None)
-                if ref and name == "pareto":
-                    ax.axhline(100 * (ref.metric - res.budget.max_accuracy_drop), color=c, ls="--", lw=0.9, alpha=0.7)
-            if xs and max(xs) / min(xs) > 10:
-                ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
-            ax.set(xlabel=xlabel, ylabel=f"{res.budget.metric} (%)")
-            ax.set_title(title, fontsize=9.5)
-            ax.grid(True, alpha=0.3)
-            if xs:
-                ax.legend(title="target", fontsize=8)
-            else:
-                ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
-            with atomic_path(out_dir / f"{name}.png", suffix=".png") as tmp:
-                fig.savefig(tmp, format="png", dpi=150)
-            buf = io.StringIO()
-            fig.savefig(buf, format="svg", metadata={"Date": None})
-        svgs[name] = buf.getvalue()[buf.getvalue().index("<svg"):]
-    return svgs
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -217,11 +164,11 @@ def build(res: Results):
                 continue
             m, torch_only = _metrics(res, r)
             mark, lat = " †" if torch_only else "", r.latency.get(1)
-            lim = f"{100 * budget_of(res, r.variant).max_accuracy_drop:.1f} pt"
+            lim = f"{100 * _budget(res, r.variant).max_accuracy_drop:.1f} pt"
             verdict = C(pts(w.delta), *(("pass", 1, f"within {lim}") if w.passes else ("fail", 1, f"over {lim}"))) if w.passes is not None else C("–", "muted")
             body.append([name, ci(m and m.accuracy, m and m.accuracy_ci95, mark), verdict,
                          ci(m and m.f1_macro, m and m.f1_macro_ci95, mark), *(ms(lat and getattr(lat, k)) for k in ("median", "p90", "p99")),
-                         per_s(r.throughput.get(big)) if big else "–", times(w.speedup), mb(_size(res, r)), count(v and v.params),
+                         per_s(r.throughput.get(big)) if big else "–", times(w.speedup), mb(w.size), count(v and v.params),
                          mmacs(v and v.macs), mb(r.peak_rss_bytes), secs(r.build_seconds)]
                         + ([_unit(r.power and r.power.avg_watts, 1, "W"), _unit(r.power and r.power.energy_per_inference_j, 1e3, "mJ")] if power else []))
         B.append(("table", head, body))
@@ -296,7 +243,7 @@ def _multimodal(res: Results, by_target, recs) -> list:
 
 
 def _trust(res: Results, by_target) -> list:
-    from edgekit.export import MIN_TOP1  # the same thresholds as the export's parity check
+    from edgekit.parity import MIN_TOP1  # the same thresholds as the export's parity check
 
     B = [("h2", "Trust", "trust"), ("h3", "Parity of each deployed artifact vs its torch model")]
     rows = []
@@ -373,104 +320,13 @@ def _reproduce(res: Results) -> list:
             ("h3", "Resolved recipe"), ("pre", yaml.safe_dump(res.run.recipe, sort_keys=False).strip() if res.run.recipe else "not recorded")]
 
 
-# ------------------------------------------------------------------------------------------------ rendering
-
-_MARK = {"pass": "✅ ", "ok": "✅ ", "fail": "❌ ", "bad": "❌ ", "warn": "⚠️ "}
-
-
-def _md_cells(row) -> list[str]:
-    out = []
-    for c in map(lambda c: c if isinstance(c, C) else C(c), row):
-        text = _MARK.get(c.cls.split(" ")[0], "") + c.text + (f" ({c.sub})" if c.sub else "")
-        out += [text.replace("|", "\\|").replace("\n", " ")] + [""] * (c.span - 1)
-    return out
-
-
-def _md_blocks(blocks) -> list[str]:
-    out = []
-    for kind, *a in blocks:
-        out += {"h2": lambda: [f"## {a[0]}"], "h3": lambda: [f"### {a[0]}"], "p": lambda: [a[0]], "note": lambda: [f"_{a[0]}_"],
-                "box": lambda: [f"> {_MARK.get(a[0], '')}**{a[1]}**: {a[2]}"], "figure": lambda: [f"![{a[1]}]({a[0]}.png)"],
-                "pre": lambda: ["```", a[0], "```"], "details": lambda: [f"<details><summary>{a[0]}</summary>", "", *_md_blocks(a[1]), "</details>"],
-                "table": lambda: ["| " + " | ".join(_md_cells(a[0])) + " |", "|" + "---|" * len(a[0]), *("| " + " | ".join(_md_cells(r)) + " |" for r in a[1])],
-                }[kind]() + [""]
-    return out
-
-
-def _meta(res: Results) -> str:
-    return " · ".join(x for x in (res.run.created and f"created {res.run.created}", res.run.edgekit_version and f"edgekit {res.run.edgekit_version}",
-                                  f"{len(res.variants)} variants × {len(res.targets)} targets", f"schema {res.schema_id}") if x)
-
-
-def _html_cell(c, tag="td") -> str:
-    c = c if isinstance(c, C) else C(c)
-    attrs = (f' class="{c.cls}"' if c.cls else "") + (f' colspan="{c.span}"' if c.span > 1 else "")
-    return f"<{tag}{attrs}>{html.escape(c.text)}" + (f"<small>{html.escape(c.sub)}</small>" if c.sub else "") + f"</{tag}>"
-
-
-def _th(h, rows, i) -> C:
-    """A header aligned like its column (text left, numbers right)."""
-    first = rows[0][i] if rows and i < len(rows[0]) else None
-    h = h if isinstance(h, C) else C(h)
-    return h._replace(cls="txt") if isinstance(first, C) and "txt" in first.cls.split() else h
-
-
-def _html_blocks(blocks, svgs) -> str:
-    e, out = html.escape, []
-    for kind, *a in blocks:
-        out.append({"h2": lambda: f'<h2 id="{a[1]}">{e(a[0])}</h2>', "h3": lambda: f"<h3>{e(a[0])}</h3>",
-                    "p": lambda: f"<p>{e(a[0])}</p>", "note": lambda: f'<p class="note">{e(a[0])}</p>',
-                    "box": lambda: f'<div class="box {a[0]}"><b>{e(a[1])}</b><span>{e(a[2])}</span></div>',
-                    "figure": lambda: f'<figure id="fig-{a[0]}">{svgs[a[0]]}<figcaption>{e(a[1])}</figcaption></figure>',
-                    "pre": lambda: f"<pre>{e(a[0])}</pre>", "details": lambda: f"<details><summary>{e(a[0])}</summary>{_html_blocks(a[1], svgs)}</details>",
-                    "table": lambda: '<div class="scroll"><table><thead><tr>' + "".join(_html_cell(_th(h, a[1], i), "th") for i, h in enumerate(a[0])) + "</tr></thead><tbody>"
-                                     + "".join("<tr>" + "".join(map(_html_cell, r)) + "</tr>" for r in a[1]) + "</tbody></table></div>",
-                    }[kind]())
-    return "\n".join(out)
-
-
-CSS = """
-:root{--ok:#1a7f37;--okbg:#dafbe1;--bad:#cf222e;--badbg:#ffebe9;--warn:#9a6700;--warnbg:#fff8c5;--line:#d0d7de;--muted:#57606a}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
-main{max-width:1280px;margin:0 auto;padding:24px 28px 64px;background:#fff;min-height:100vh;box-sizing:border-box}
-h1{margin:0 0 4px;font-size:26px} h2{margin:34px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line);font-size:20px}
-h3{margin:22px 0 8px;font-size:15px} .meta,.note{color:var(--muted)} .note{font-size:12.5px}
-nav{margin:10px 0 18px;font-size:13px} nav a{margin-right:14px;color:#0969da;text-decoration:none}
-.box{border-left:5px solid;border-radius:6px;padding:9px 14px;margin:8px 0;display:flex;flex-direction:column;gap:2px}
-.box b{font-size:13px} .box span{font-size:15px}
-.box.ok{border-color:var(--ok);background:var(--okbg)} .box.bad{border-color:var(--bad);background:var(--badbg)} .box.warn{border-color:var(--warn);background:var(--warnbg)}
-.scroll{overflow-x:auto;margin:6px 0} table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-th,td{padding:4px 8px;border-bottom:1px solid var(--line);white-space:nowrap;text-align:right;vertical-align:top}
-th{background:#f6f8fa;font-weight:600} th:first-child,.txt{text-align:left} tbody tr:hover{background:#f6f8fa}
-td small,th small{display:block;color:var(--muted);font-size:11px;font-weight:400}
-td.pass{color:var(--ok);font-weight:600} td.fail{color:var(--bad);font-weight:600} td.warn{color:var(--warn);font-weight:600;background:var(--warnbg)}
-td.muted{color:var(--muted)} td.fail.txt,td.warn.txt{white-space:normal}
-figure{margin:10px 1% 10px 0;display:inline-block;width:48.5%;min-width:460px;vertical-align:top} figure svg{width:100%;height:auto}
-figcaption{color:var(--muted);font-size:12.5px;text-align:center}
-pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:12.5px}
-details{margin:6px 0} summary{cursor:pointer;color:#0969da}
-"""
-
-
-def to_markdown(res: Results, blocks: list) -> str:
-    return "\n".join([f"# edgekit report: {res.run.name or 'run'}", "", _meta(res), "", *_md_blocks(blocks)])
-
-
-def to_html(res: Results, blocks: list, svgs: dict) -> str:
-    title, e = f"edgekit report: {res.run.name or 'run'}", html.escape
-    nav = "".join(f'<a href="#{b[2]}">{e(b[1])}</a>' for b in blocks if b[0] == "h2")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{e(title)}</title><style>{CSS}</style></head>\n<body><main>\n<h1>{e(title)}</h1><div class=\"meta\">{e(_meta(res))}</div>"
-            f"<nav>{nav}</nav>\n{_html_blocks(blocks, svgs)}\n</main></body></html>\n")
-
-
 def write_report(run_dir) -> dict:
     """Read RUN_DIR/results.json; write report.md, report.html, pareto.png and size_accuracy.png beside it.
     Returns their paths (keys results, md, html, pareto_png, size_png) and `recommendation`: one line per target."""
     run_dir = Path(run_dir)
     res = load_results(run_dir / "results.json")
     blocks, recs, by_target = build(res)
-    svgs = _figures(res, by_target, recs, run_dir)
+    svgs = write_figures(res, by_target, recs, run_dir)
     paths = {"results": run_dir / "results.json", "md": run_dir / "report.md", "html": run_dir / "report.html",
              "pareto_png": run_dir / "pareto.png", "size_png": run_dir / "size_accuracy.png"}
     atomic_write_text(paths["md"], to_markdown(res, blocks))

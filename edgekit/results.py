@@ -110,7 +110,7 @@ class Target(_Open):
 
 class LatencyStats(_Open):
     """Seconds per batch, over the timed iterations. Stats in milliseconds marked `unit: "ms"` (as
-    edgekit.latency.summarize writes them) are converted to seconds on load."""
+    edgekit.agent.measure.summarize writes them) are converted to seconds on load."""
     unit: Literal["s"] = "s"
     median: Optional[float] = None
     p90: Optional[float] = None
@@ -264,13 +264,54 @@ def load_results(path) -> Results:
 
 
 def save_results(results: Results | dict, path) -> Path:
-    """Validate (a dict is accepted) and write atomically; returns the path."""
+    """Validate (a dict is accepted) and write atomically; returns the path.
+
+    An invalid dict is an EdgekitError (exit 2), not an InternalError: the pipeline assembles it from records it reads
+    back from disk or a device (a variant's metrics.json, a target's result.json reused on resume, a device agent's
+    record fetched over SSH), so a damaged or hand-edited record fails here, not only a bug in edgekit."""
     if isinstance(results, dict):
         try:
             results = Results.model_validate(results)
         except ValidationError as e:
             err = e.errors()[0]
-            raise EdgekitError(f"results to save are invalid at {_field_path(err['loc'])}: {err['msg']}", "this is a bug in the stage that produced them") from e
+            raise EdgekitError(f"results to save are invalid at {_field_path(err['loc'])}: {err['msg']}",
+                               "a record of this run (a variant's metrics.json, a target's result.json or a device's record) is "
+                               "damaged or hand-edited: rerun `edgekit run` with --force compress or --force measure (--force "
+                               "deploy for a device); if those files are untouched, it is a bug in edgekit") from e
     path = Path(path)
     atomic_write_json(path, results.model_dump(by_alias=True))  # python mode + edgekit's encoder: numpy values in extra fields are fine
     return path
+
+
+# ---------------------------------------------------------------- building a document (the producers' side)
+
+# what results.json keeps of a compress-stage variant record (RUN/variants/NAME/metrics.json)
+VARIANT_FIELDS = ("status", "reason", "precision", "passes", "params", "macs", "size_bytes", "branch_stats",
+                  "precision_map", "torch_metrics", "precision_summary", "seconds")
+
+
+def budget_record(points: float, metric: str) -> dict:
+    """A recipe budget (accuracy points) as results.json holds it: a fraction, 1 point = 0.01."""
+    return {"max_accuracy_drop": points / 100, "metric": metric}
+
+
+def variant_record(metrics: dict, budget: dict) -> dict:
+    """One entry of results.json "variants" from the variant's metrics.json and its budget_record."""
+    return {**{k: metrics[k] for k in VARIANT_FIELDS if metrics.get(k) is not None}, "budget": budget}
+
+
+def results_document(run: dict, budget: dict, reference_variant: str, calibration: dict, variants: dict, targets: dict,
+                     rows: list) -> dict:
+    """A whole results.json document in this schema (validated by save_results when written)."""
+    return {"schema": SCHEMA, "run": run, "budget": budget, "reference_variant": reference_variant,
+            "calibration": calibration, "variants": variants, "targets": targets, "results": rows}
+
+
+def baseline_row(name: str, backend: str, precision: str, metrics: dict, latency_b1_ms: dict, throughput_b8: float,
+                 size_bytes: int, speedups: dict) -> BaselineRow:
+    """One row of the `baselines` section in this schema's units: `latency_b1_ms` is a batch-1 latency summary in
+    milliseconds (median, p99), stored in seconds; `speedups` {REF: p50 ratio or None} become speedup_vs_REF columns."""
+    return BaselineRow.model_validate({
+        "name": name, "backend": backend, "target": "local", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
+        "latency_p50": latency_b1_ms["median"] / 1000, "latency_p99": latency_b1_ms["p99"] / 1000, "throughput": throughput_b8,
+        "size_bytes": size_bytes, "precision": precision, **{f"speedup_vs_{ref}": v for ref, v in speedups.items()}})

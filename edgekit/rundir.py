@@ -12,7 +12,6 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json, ensure_dir, file_sha256, write_error
 
-
 _HELD: dict[str, int] = {}  # lock path -> depth: a stage inside `edgekit run` takes the lock its caller holds
 
 

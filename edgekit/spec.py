@@ -7,9 +7,11 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.agent.measure import (
+    MASK_INPUT as MASK_INPUT,  # defined once, in the numpy-only measurement core
+    random_feed,
+)
 from edgekit.errors import EdgekitError
-
-MASK_INPUT = "modality_mask"
 
 
 class InputSpec(BaseModel):
@@ -19,6 +21,9 @@ class InputSpec(BaseModel):
     dtype: Literal["float32", "int64", "float16", "int32"] = "float32"
     modality: Optional[str] = None  # None for auxiliary inputs such as the modality mask
     optional: bool = False  # an optional modality may be missing: fed as zeros + mask bit 0
+    # how a raw value becomes this input (edgekit/agent/preprocess.py), e.g. {"image": {...}}, {"text": {...}},
+    # {"mask_of": "input_ids"}; None for models recorded before per-input preprocessing (see ModelSpec.preprocessing)
+    preprocess: Optional[dict] = None
 
 
 class OutputSpec(BaseModel):
@@ -34,6 +39,9 @@ class ModelSpec(BaseModel):
     class_names: list[str]
     modalities: list[str] = Field(default_factory=list)  # order of the modality_mask columns
     preprocessing: dict = Field(default_factory=dict)
+    # how each modality is absent for this model (edgekit.data.missing, the recipe's `data.missing` shape):
+    # {modality: {"inputs": [...], "mask": {"input": ..., "column": j}} | "never"}; {} = implied by `inputs`
+    missing: dict = Field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -54,18 +62,9 @@ class ModelSpec(BaseModel):
         raise KeyError(name)
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs of the right names, shapes and dtypes (all modalities present)."""
-        rng = np.random.default_rng(seed)
-        out = {}
-        for i in self.inputs:
-            shape = [batch if d is None else d for d in i.shape]
-            if i.name == MASK_INPUT:
-                out[i.name] = np.ones(shape, np.float32)
-            elif i.dtype.startswith("int"):
-                out[i.name] = rng.integers(1, self.preprocessing.get("vocab_size", 2), size=shape).astype(i.dtype)
-            else:
-                out[i.name] = rng.standard_normal(shape).astype(i.dtype)
-        return out
+        """Random inputs of the right names, shapes and dtypes (all modalities present): the measurement core's
+        random feed, so the device agent times the same numbers when a bundle has no samples."""
+        return random_feed([i.model_dump() for i in self.inputs], batch, seed, int(self.preprocessing.get("vocab_size", 2)))
 
     def check_feed(self, feed: dict) -> None:
         """Raise a clear error if a feed's names, shapes, batch sizes or dtypes do not match this spec, or a

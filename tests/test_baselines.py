@@ -14,6 +14,7 @@ from edgekit.backends.base import get_backend
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "baselines.py"
 BACKENDS = ["onnxruntime"] + (["openvino"] if get_backend("openvino").available()[0] else [])
+TARGETS = ["--target-speedup-vs-b2", "1.6", "--target-speedup-vs-b1", "3", "--target-max-drop-pt", "1"]  # as an issue asks
 FAST = ["--rounds", "2", "--seconds", "0.02", "--min-iterations", "3", "--warmup", "2", "--calibration-size", "16",
         "--eval-samples", "48", "--profile-iterations", "3", "--backends", ",".join(BACKENDS)]
 
@@ -55,7 +56,7 @@ def tiny_run(tmp_path_factory, tiny_checkpoint, fsdd):
 @pytest.mark.slow
 def test_baselines_rows_ratios_results_and_profiles(tiny_run, fsdd):
     run, ck = tiny_run
-    res = _script("--checkpoint", ck, "--run", run, *FAST, *(["--fsdd", fsdd] if fsdd else []))
+    res = _script("--checkpoint", ck, "--run", run, *FAST, *(["--fsdd", fsdd] if fsdd else []), *TARGETS)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((run / "baselines" / "baselines.json").read_text())
     rows = {(r["key"], r["backend"]): r for r in doc["rows"]}
@@ -80,9 +81,9 @@ def test_baselines_rows_ratios_results_and_profiles(tiny_run, fsdd):
             assert lo <= hi
         assert set(b2["ratios"]) == {"B0", "B1"} and set(b1["ratios"]) == {"B0"}
         assert set(e["ratios"]) == {"B0", "B1", "B2"} | ({"B2u"} if b == "onnxruntime" else set())
-        t = doc["targets"][b]
+        t = doc["standing"][b]
         assert t["E"] == "int8" and t["speedup_vs_B2"]["value"] == pytest.approx(e["ratios"]["B2"]["speedup_p50_b1"])
-        assert t["speedup_vs_B2"]["met"] == (t["speedup_vs_B2"]["value"] >= 1.6)
+        assert t["speedup_vs_B2"]["target"] == 1.6 and t["speedup_vs_B2"]["met"] == (t["speedup_vs_B2"]["value"] >= 1.6)
         b2u = {rows[("B2u", b)]["name"]} if b == "onnxruntime" else set()
         assert isinstance(t["accuracy_drop_vs_fp32_pt"]["met"], bool) and set(t["int8_faster_than_fp32"]) == {b2["name"], e["name"]} | b2u
         assert e["qdq_rewrite"]["relu_outputs"] + e["qdq_rewrite"]["shifted"] > 0  # edgekit's CPU Q/DQ rewrite applied to E
@@ -119,17 +120,18 @@ def test_int8_export_folds_batchnorm_and_cpu_rewrite_fuses_every_conv(tiny_run, 
     import onnx
     import onnxruntime as ort
 
-    from edgekit import export
     from edgekit.data import avdigits
+    from edgekit.onnxgraph.qdq import prepare_int8_for_cpu
+    from edgekit.parity import sidecar
 
     run, _ = tiny_run
     src = run / "variants" / "int8" / "model.onnx"
-    report = json.loads(export.sidecar(src, "export.json").read_text())
+    report = json.loads(sidecar(src, "export.json").read_text())
     ops = report["op_counts"]
     assert "BatchNormalization" not in ops and report["bn_folded_into_qdq_conv"] == ops["Conv"] > 0
-    done = export.prepare_int8_for_cpu(src, tmp_path / "cpu.onnx")
+    done = prepare_int8_for_cpu(src, tmp_path / "cpu.onnx")
     assert done["relu_outputs"] > 0 and done["shifted"] > 0 and done["bn_folded"] == 0  # already folded at export
-    assert export.prepare_int8_for_cpu(run / "variants" / "fp32" / "model.onnx", tmp_path / "no.onnx") is None
+    assert prepare_int8_for_cpu(run / "variants" / "fp32" / "model.onnx", tmp_path / "no.onnx") is None
     assert not (tmp_path / "no.onnx").exists()
 
     def optimized(path):
@@ -149,3 +151,58 @@ def test_int8_export_folds_batchnorm_and_cpu_rewrite_fuses_every_conv(tiny_run, 
     feed = {k: v for k, v in test.inputs.items()}
     a, b = before.run(None, feed)[0], after.run(None, feed)[0]
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95 and np.abs(a - b).max() < 0.5 * np.abs(a).max()
+
+
+def _timed_rows():
+    """Rows as edgekit.baselines leaves them after timing: B0, B1/B2 on ONNX Runtime and E, latencies in ms."""
+    from edgekit.baselines import add_ratios
+
+    def row(key, name, backend, precision, p50_ms, acc, variant=None):
+        lat = {"median": p50_ms, "p99": 1.5 * p50_ms, "n": 10}
+        return {"key": key, "name": name, "backend": backend, "precision": precision, "size_bytes": 1000, "variant": variant,
+                "metrics": {"accuracy": acc, "f1_macro": acc - 0.01}, "latency_ms": {1: lat, 8: dict(lat, median=4 * p50_ms)},
+                "throughput": {1: 1000 / p50_ms, 8: 8000 / (4 * p50_ms)}, "round_medians_ms": {1: [p50_ms, p50_ms], 8: [4 * p50_ms] * 2}}
+
+    rows = [row("B0", "B0 torch", "torch", "fp32", 4.0, 0.95), row("B1", "B1 ORT", "onnxruntime", "fp32", 2.0, 0.95),
+            row("B2", "B2 ORT", "onnxruntime", "int8", 1.0, 0.90), row("E", "E int8", "onnxruntime", "int8", 0.5, 0.945, "int8")]
+    add_ratios(rows)
+    return rows
+
+
+def test_standing_judges_only_against_targets_it_is_given():
+    """Acceptance numbers are the caller's: without targets E's standing has the values and no verdict; with them,
+    met is value >= target for speed-ups and drop <= budget for accuracy."""
+    from edgekit.baselines import standing
+
+    rows = _timed_rows()
+    bare = standing(rows)["onnxruntime"]
+    assert bare["speedup_vs_B2"] == {"value": pytest.approx(2.0)} and bare["speedup_vs_B1"] == {"value": pytest.approx(4.0)}
+    assert "met" not in bare["accuracy_drop_vs_fp32_pt"] and bare["accuracy_drop_vs_fp32_pt"]["value"] == pytest.approx(0.5)
+    assert bare["int8_faster_than_fp32"] == {"B2 ORT": {"speedup_vs_B1": pytest.approx(2.0), "met": True},
+                                             "E int8": {"speedup_vs_B1": pytest.approx(4.0), "met": True}}
+    judged = standing(rows, {"speedup_vs_B2": 2.5, "speedup_vs_B1": 3.0, "max_accuracy_drop_pt": 0.5})["onnxruntime"]
+    assert (judged["speedup_vs_B2"]["met"], judged["speedup_vs_B1"]["met"], judged["accuracy_drop_vs_fp32_pt"]["met"]) == (False, True, True)
+    only_b2 = standing(rows, {"speedup_vs_B2": 1.5})["onnxruntime"]
+    assert only_b2["speedup_vs_B2"]["met"] is True and "target" not in only_b2["speedup_vs_B1"]
+
+
+def test_results_section_is_the_results_schema_in_si_units(tmp_path):
+    """The `baselines` section edgekit.results owns: seconds (not ms), batch-8 throughput, speedup_vs_X columns; it
+    round-trips through results.json and the report renders it."""
+    from edgekit.baselines import results_section
+    from edgekit.report import write_report
+    from edgekit.results import load_results, save_results
+
+    rows = _timed_rows()
+    section = results_section(rows, note="four rows")
+    e = section.rows[-1].model_dump()
+    assert e["latency_p50"] == pytest.approx(0.0005) and e["latency_p99"] == pytest.approx(0.00075)
+    assert e["throughput"] == pytest.approx(4000.0) and e["precision"] == "int8" and e["target"] == "local"
+    assert (e["speedup_vs_B0"], e["speedup_vs_B1"], e["speedup_vs_B2"], e["speedup_vs_B2u"]) == (pytest.approx(8.0), pytest.approx(4.0), pytest.approx(2.0), None)
+    json_rows = [dict(r, latency_ms={str(b): v for b, v in r["latency_ms"].items()}, throughput={str(b): v for b, v in r["throughput"].items()})
+                 for r in rows]  # as read back from baselines.json: batch sizes as strings
+    assert results_section(json_rows).rows == results_section(rows).rows
+    save_results({"schema": "edgekit-results/1", "run": {"name": "r"}, "baselines": section.model_dump()}, tmp_path / "results.json")
+    assert load_results(tmp_path / "results.json").baselines.rows[-1].latency_p50 == pytest.approx(0.0005)
+    write_report(tmp_path)
+    assert "four rows" in (tmp_path / "report.md").read_text() and "E int8" in (tmp_path / "report.md").read_text()

@@ -1,5 +1,5 @@
 """The latency protocol and the bench JSON: statistics on known values, the timing loop's stopping rules,
-latency.py's portability to the Jetson's Python 3.10, and every field of a real benchmark of a real artifact."""
+the measurement core's portability to the Jetson's Python 3.10, and every field of a real benchmark of a real artifact."""
 import ast
 import json
 import shutil
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit import bench, checkpoint, export, latency
+from edgekit import bench, checkpoint, export
+from edgekit.agent import measure as latency
 from edgekit.backends import compile_onnx
 from edgekit.errors import EdgekitError
 from edgekit.models import build_model, preset_config
@@ -53,7 +54,7 @@ def test_latency_module_is_portable_to_the_device_python():
     assert imported <= {"__future__", "gc", "math", "statistics", "time", "numpy"}, imported
     if not PY310:
         pytest.skip("no python3.10 here to run it with")
-    code = "import latency as L; t = L.measure(lambda: None, warmup=2, iterations=50); s = L.summarize(t); print(s['n'], s['high_variance'] in (True, False))"
+    code = "import measure as L; t = L.measure(lambda: None, warmup=2, iterations=50); s = L.summarize(t); print(s['n'], s['high_variance'] in (True, False))"
     res = subprocess.run([PY310, "-I", "-c", f"import sys; sys.path.insert(0, {str(Path(latency.__file__).parent)!r}); {code}"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.split() == ["50", "True"], res.stderr

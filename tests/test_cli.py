@@ -72,3 +72,26 @@ def test_a_bug_in_edgekit_says_so_exit_1(monkeypatch, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "internal error (a bug in edgekit)" in text and "ZeroDivisionError: boom" in text and "Traceback" not in text
+
+
+def test_an_internal_error_is_reported_as_a_bug_exit_1(monkeypatch, capsys):
+    """InternalError (edgekit's own bug, e.g. a graph rewrite that made an invalid graph) is not a user mistake:
+    it says "bug, please report" with where to report it, no hint to fix the input, and exits 1 (not 2)."""
+    from edgekit import cli
+    from edgekit.errors import ISSUES_URL, InternalError
+
+    def broken(**_):
+        raise InternalError("rewriting the Q/DQ pairs made an invalid graph")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "internal error (a bug in edgekit)" in text and "made an invalid graph" in text and ISSUES_URL in text
+    assert "hint:" not in text and "Traceback" not in text
+    monkeypatch.setenv("EDGEKIT_DEBUG", "1")  # the traceback is one variable away
+    with pytest.raises(InternalError):
+        cli.main()

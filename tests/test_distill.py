@@ -10,9 +10,9 @@ from edgekit import checkpoint
 from edgekit.data import avdigits
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import evaluate
+from edgekit.fit import fit
 from edgekit.passes.distill import distill, kd_loss
 from edgekit.passes.prune import prune
-from edgekit.train import fit
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from edgekit import checkpoint, export
+from edgekit import checkpoint, export, parity
 from edgekit.backends import compile_onnx
 from edgekit.backends.base import Artifact, get_backend
 from edgekit.data import avdigits
 from edgekit.errors import EdgekitError
 from edgekit.models import build_model, preset_config
+from edgekit.onnxgraph.fp16 import to_fp16_onnx
+from edgekit.onnxgraph.info import spec_for_onnx
 from edgekit.train import fit, reference_spec
 
 FSDD = "/work/shared/data/fsdd"
@@ -146,19 +148,19 @@ def test_export_failure_names_module_and_op(tmp_path, data):
 
 def test_parity_failure_is_an_error_with_the_numbers(data):
     logits = np.random.default_rng(0).standard_normal((len(data["test"]), 10)).astype(np.float32)
-    res = export.parity(logits, -logits, data["test"])
+    res = parity.parity(logits, -logits, data["test"])
     assert res["top1_agreement"] < 0.2 and res["max_abs_diff"] > 0
     with pytest.raises(EdgekitError) as e:
-        export.check_parity(res, 0.99, "test")
+        parity.check_parity(res, 0.99, "test")
     assert "top-1 agreement" in e.value.message and "max |logit diff|" in e.value.message and f"{res['n']} samples" in e.value.message
-    ok = export.parity(logits, logits + 1e-6, data["test"])
-    assert export.check_parity(ok)["passed"] and ok["top1_agreement"] == 1.0
+    ok = parity.parity(logits, logits + 1e-6, data["test"])
+    assert parity.check_parity(ok)["passed"] and ok["top1_agreement"] == 1.0
 
 
 def test_fp16_onnx_has_half_weights_float_io_and_parity(tmp_path, data, trained):
     model, spec, _ = trained
     export.to_onnx(model, spec, tmp_path / "fp32.onnx", check_parity_on=data["test"])
-    report = export.to_fp16_onnx(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
+    report = to_fp16_onnx(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
     proto = onnx.load(str(tmp_path / "fp16.onnx"))
     floats = [i for i in proto.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
     assert floats and all(i.data_type == TensorProto.FLOAT16 for i in floats)
@@ -176,11 +178,11 @@ def test_spec_travels_with_the_onnx_and_bare_onnx_gets_one(tmp_path, data):
     model, cfg = _model("late")
     spec = reference_spec(cfg, data["pre"])
     export.to_onnx(model, spec, tmp_path / "m.onnx")
-    assert export.spec_for_onnx(tmp_path / "m.onnx") == spec
+    assert spec_for_onnx(tmp_path / "m.onnx") == spec
     proto = onnx.load(str(tmp_path / "m.onnx"))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "bare.onnx"))
-    bare = export.spec_for_onnx(tmp_path / "bare.onnx")
+    bare = spec_for_onnx(tmp_path / "bare.onnx")
     assert [(i.name, i.shape, i.dtype) for i in bare.inputs] == [(i.name, i.shape, i.dtype) for i in spec.inputs]
     assert bare.output_names == ["logits"] and len(bare.class_names) == 10
     art = compile_onnx(tmp_path / "bare.onnx", "onnxruntime", tmp_path / "ort")  # no parity samples: checked against ORT

@@ -27,7 +27,8 @@ def quantized(setup):
 
 
 def test_ptq_exports_qdq_that_onnxruntime_runs(setup, quantized, tmp_path):
-    from edgekit.export import ort_predict, to_onnx
+    from edgekit.export import to_onnx
+    from edgekit.parity import ort_predict
 
     model, spec, _, _, val = setup
     q, rec = quantized

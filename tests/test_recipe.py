@@ -1,8 +1,8 @@
 """Recipes: the shipped ones load and round-trip, typos and bad values are one-line errors naming the key and
 what is allowed; and (slow) the compress stage end to end on a tiny model and on a user model via factory."""
 import copy
-import re
 import json
+import re
 
 import pytest
 import yaml
@@ -114,7 +114,7 @@ def _recipe(tmp_path, fsdd, variants, budget=2.0):
 @pytest.mark.slow
 def test_compress_stage_end_to_end(tmp_path, tiny_checkpoint, fsdd):
     from edgekit import checkpoint
-    from edgekit.pipeline import compress
+    from edgekit.compress import compress
 
     variants = [{"name": "pruned", "passes": [{"prune": {"ratio": 0.3}}, {"distill": {"epochs": 1}}], "budget": {"max_accuracy_drop": 0.0}},
                 {"name": "pruned-int8", "from": "pruned", "passes": [{"quantize": {}}], "budget": {"max_accuracy_drop": 100}}]
@@ -140,9 +140,9 @@ def test_compress_user_model_via_factory(tmp_path, fsdd):
     """A user's model (not ours) given as factory + bare safetensors + its inputs in the recipe."""
     import torch
     from safetensors.torch import save_file
-
-    from edgekit.pipeline import compress
     from test_prune import build_user_model
+
+    from edgekit.compress import compress
 
     torch.manual_seed(0)
     save_file(build_user_model({}).state_dict(), str(tmp_path / "weights.safetensors"))

@@ -2,8 +2,7 @@
 recipe, or rejected with a one-line EdgekitError — never another exception. Documents are drawn near the real
 schema (right keys with wrong values, misspelled keys, wrong types) so most of them reach deep validation."""
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from edgekit.errors import EdgekitError
 from edgekit.recipe import dump_recipe, load_recipe, parse_recipe

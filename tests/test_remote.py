@@ -16,9 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from edgekit.errors import EdgekitError
-
 from conftest import run_cli
+from edgekit.errors import EdgekitError
 
 pytestmark = pytest.mark.remote
 
@@ -92,7 +91,7 @@ def tiny_onnx(path: Path, fsdd) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, fsdd):
     """A run directory as `edgekit compress` leaves it: three variants, each with its exported ONNX."""
-    from edgekit.export import to_fp16_onnx
+    from edgekit.onnxgraph.fp16 import to_fp16_onnx
 
     run = tmp_path_factory.mktemp("run")
     for name in ("a-fp32", "b-fp16", "c-fp32"):
@@ -227,9 +226,9 @@ def test_device_without_python_numpy_or_runtime(sshd, run_dir, tmp_path):
 
 
 def test_full_disk_is_refused_before_copying(sshd, run_dir, tmp_path, monkeypatch):
-    import edgekit.deploy
+    import edgekit.deploy.remote
 
-    monkeypatch.setattr(edgekit.deploy, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has
+    monkeypatch.setattr(edgekit.deploy.remote, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has
     with pytest.raises(EdgekitError, match="disk is full"):
         _deploy(run_dir, sshd, tmp_path / "w")
     assert not (tmp_path / "w" / "runs").exists()
@@ -241,9 +240,10 @@ def test_failing_variant_keeps_remote_folder_and_others_results(sshd, run_dir, t
     import onnx
     from onnx import TensorProto, helper
 
-    from edgekit.deploy import TargetRun, make_bundle, run_targets, variant_from_onnx, VariantSource
-    from edgekit.backends.remote import Target
+    from edgekit.deploy.bundle import VariantSource, make_bundle, variant_from_onnx
+    from edgekit.deploy.remote import TargetRun, run_targets
     from edgekit.spec import InputSpec, ModelSpec, OutputSpec
+    from edgekit.ssh import Target
 
     node = helper.make_node("Nope", ["x"], ["y"], domain="edgekit.test")
     graph = helper.make_graph([node], "broken", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
@@ -285,7 +285,7 @@ def test_several_targets_run_concurrently(sshd, run_dir, tmp_path):
 
 
 def test_target_urls():
-    from edgekit.backends.remote import Target, quote_command
+    from edgekit.ssh import Target, quote_command
 
     t = Target.parse("ssh://nvidia@orin.local:2222?python=/usr/bin/python3.10&workdir=/data/ek")
     assert (t.user, t.host, t.port, t.python, t.workdir, t.slug) == ("nvidia", "orin.local", 2222, "/usr/bin/python3.10", "/data/ek", "orin.local-2222")
@@ -300,7 +300,7 @@ def test_target_urls():
 def test_build_options_from_a_runs_recipe(tmp_path):
     """`edgekit deploy RUN` builds with the options of the recipe's tensorrt target (keys the agent does not know,
     such as `runtime`, are left out); a run without one gets the agent's defaults."""
-    from edgekit.deploy import build_options
+    from edgekit.deploy.bundle import build_options
 
     assert build_options(tmp_path) == {}
     (tmp_path / "recipe.resolved.yaml").write_text(

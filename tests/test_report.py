@@ -62,7 +62,7 @@ def _latency(runner, spec, batch, iters):
 
 def _measure(variant, target, make_runner, onnx_path, spec, torch_model, test, parity_data, precision, metrics=True):
     from edgekit.evaluate import evaluate
-    from edgekit.export import parity
+    from edgekit.parity import parity
 
     t0 = time.perf_counter()
     runner = make_runner(onnx_path, spec)
@@ -345,7 +345,7 @@ def test_results_round_trip(tmp_path):
 
 
 def test_latency_from_the_bench_in_milliseconds_is_stored_in_seconds():
-    from edgekit.latency import summarize
+    from edgekit.agent.measure import summarize
 
     stats = summarize([0.002, 0.003, 0.004])  # what `edgekit bench` records: milliseconds, unit "ms"
     res = Results.model_validate(_doc(results=[{"variant": "fp32", "target": "cpu", "latency": {"1": stats}}]))

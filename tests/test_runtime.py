@@ -17,7 +17,7 @@ def bundle(tmp_path_factory, fsdd):
     import torch
 
     from edgekit.data import avdigits
-    from edgekit.deploy import eval_samples, make_bundle, variant_from_onnx
+    from edgekit.deploy.bundle import eval_samples, make_bundle, variant_from_onnx
     from edgekit.export import to_onnx
     from edgekit.models import build_model, preset_config
     from edgekit.train import reference_spec

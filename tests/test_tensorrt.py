@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.agent import fingerprint, power, trt
+from edgekit.agent import fingerprint, power, trt, trt_plan
 from edgekit.errors import EdgekitError
 
 INPUTS = [{"name": "image", "shape": [None, 1, 28, 28]}, {"name": "text", "shape": [None, 16]}, {"name": "fixed", "shape": [3, 4]}]
@@ -21,66 +21,66 @@ FP32, FP16, QDQ = {"qdq": False, "float16": False}, {"qdq": False, "float16": Tr
 
 def test_plan_tensorrt_10_takes_precision_from_the_graph_strongly_typed():
     for graph, precision in ((FP32, "fp32"), (FP16, "fp16"), (QDQ, "int8")):
-        p = trt.build_plan("10.3.0", graph, {}, INPUTS)
+        p = trt_plan.build_plan("10.3.0", graph, {}, INPUTS)
         assert (p["api"], p["precision"], p["strongly_typed"]) == ("10.x", precision, True)
         assert p["network_flags"] == ["STRONGLY_TYPED"] and p["builder_flags"] == []
 
 
 def test_plan_tensorrt_10_weak_typing_only_where_asked():
-    p = trt.build_plan("10.3.0", FP32, {"precision": "fp16"})
+    p = trt_plan.build_plan("10.3.0", FP32, {"precision": "fp16"})
     assert p["builder_flags"] == ["FP16"] and p["network_flags"] == [] and not p["strongly_typed"]
-    p = trt.build_plan("10.16.1", QDQ, {"fp16_fallback": True})
+    p = trt_plan.build_plan("10.16.1", QDQ, {"fp16_fallback": True})
     assert p["builder_flags"] == ["INT8", "FP16"] and not p["strongly_typed"]  # explicit Q/DQ: no calibrator anywhere
-    with pytest.raises(trt.PlanError, match="Q/DQ"):
-        trt.build_plan("10.3.0", FP32, {"precision": "int8"})  # implicit INT8 (calibration) is never used
+    with pytest.raises(trt_plan.PlanError, match="Q/DQ"):
+        trt_plan.build_plan("10.3.0", FP32, {"precision": "int8"})  # implicit INT8 (calibration) is never used
 
 
 def test_plan_tensorrt_11_has_no_precision_flags():
     for graph in (FP32, FP16, QDQ):
-        p = trt.build_plan("11.1.0", graph)
+        p = trt_plan.build_plan("11.1.0", graph)
         assert p["api"] == "11.x" and p["strongly_typed"] and p["network_flags"] == [] and p["builder_flags"] == []
-    with pytest.raises(trt.PlanError, match="FP16 builder flag") as e:
-        trt.build_plan("11.0.0", FP32, {"precision": "fp16"})
+    with pytest.raises(trt_plan.PlanError, match="FP16 builder flag") as e:
+        trt_plan.build_plan("11.0.0", FP32, {"precision": "fp16"})
     assert "to_fp16_onnx" in e.value.hint
-    with pytest.raises(trt.PlanError, match="removed"):
-        trt.build_plan("11.0.0", QDQ, {"fp16_fallback": True})
-    with pytest.raises(trt.PlanError, match="carries fp16"):
-        trt.build_plan("11.0.0", FP16, {"precision": "fp32"})
+    with pytest.raises(trt_plan.PlanError, match="removed"):
+        trt_plan.build_plan("11.0.0", QDQ, {"fp16_fallback": True})
+    with pytest.raises(trt_plan.PlanError, match="carries fp16"):
+        trt_plan.build_plan("11.0.0", FP16, {"precision": "fp32"})
 
 
 def test_plan_settings_are_explicit():
-    p = trt.build_plan("10.3.0", FP32, {"workspace_mb": 256, "batch": {"max": 16, "opt": 4}, "tf32": False,
+    p = trt_plan.build_plan("10.3.0", FP32, {"workspace_mb": 256, "batch": {"max": 16, "opt": 4}, "tf32": False,
                                         "optimization_level": 5}, INPUTS)
     assert p["workspace_bytes"] == 256 << 20 and p["optimization_level"] == 5 and p["clear_flags"] == ["TF32"]
     assert p["shapes"] == {"image": {"min": [1, 1, 28, 28], "opt": [4, 1, 28, 28], "max": [16, 1, 28, 28]},
                            "text": {"min": [1, 16], "opt": [4, 16], "max": [16, 16]}}  # static inputs need no profile
     assert p["profiling_verbosity"] == "DETAILED"  # per-layer precision can be read back
     for bad, msg in (({"batch": {"min": 4, "opt": 2}}, "min <= opt"), ({"precision": "int4"}, "unknown")):
-        with pytest.raises(trt.PlanError, match=msg):
-            trt.build_plan("10.3.0", FP32, bad)
-    with pytest.raises(trt.PlanError, match="older than 10"):
-        trt.build_plan("8.6.2", FP32)
+        with pytest.raises(trt_plan.PlanError, match=msg):
+            trt_plan.build_plan("10.3.0", FP32, bad)
+    with pytest.raises(trt_plan.PlanError, match="older than 10"):
+        trt_plan.build_plan("8.6.2", FP32)
 
 
 def test_engine_cache_key_covers_onnx_version_gpu_and_options():
     gpu = {"name": "Orin", "compute_capability": "8.7"}
-    plan = trt.build_plan("10.3.0", FP32, {}, INPUTS)
-    key = trt.engine_cache_key("a" * 64, "10.3.0", gpu, plan)
-    assert key == trt.engine_cache_key("a" * 64, "10.3.0", dict(gpu), dict(plan, notes=["reworded"]))
-    changed = [trt.engine_cache_key("b" * 64, "10.3.0", gpu, plan),
-               trt.engine_cache_key("a" * 64, "10.3.1", gpu, plan),
-               trt.engine_cache_key("a" * 64, "10.3.0", {"name": "Orin Nano", "compute_capability": "8.7"}, plan),
-               trt.engine_cache_key("a" * 64, "10.3.0", {"name": "Orin", "compute_capability": "8.6"}, plan),
-               trt.engine_cache_key("a" * 64, "10.3.0", gpu, trt.build_plan("10.3.0", FP32, {"workspace_mb": 512}, INPUTS))]
+    plan = trt_plan.build_plan("10.3.0", FP32, {}, INPUTS)
+    key = trt_plan.engine_cache_key("a" * 64, "10.3.0", gpu, plan)
+    assert key == trt_plan.engine_cache_key("a" * 64, "10.3.0", dict(gpu), dict(plan, notes=["reworded"]))
+    changed = [trt_plan.engine_cache_key("b" * 64, "10.3.0", gpu, plan),
+               trt_plan.engine_cache_key("a" * 64, "10.3.1", gpu, plan),
+               trt_plan.engine_cache_key("a" * 64, "10.3.0", {"name": "Orin Nano", "compute_capability": "8.7"}, plan),
+               trt_plan.engine_cache_key("a" * 64, "10.3.0", {"name": "Orin", "compute_capability": "8.6"}, plan),
+               trt_plan.engine_cache_key("a" * 64, "10.3.0", gpu, trt_plan.build_plan("10.3.0", FP32, {"workspace_mb": 512}, INPUTS))]
     assert len({key, *changed}) == 6
 
 
 def test_unchanged_variant_is_not_rebuilt(tmp_path):
     """A cache hit returns the stored engine without touching TensorRT (not installed here)."""
     gpu = {"name": "Orin", "compute_capability": "8.7"}
-    plan = trt.build_plan("10.3.0", FP32, {}, INPUTS)
+    plan = trt_plan.build_plan("10.3.0", FP32, {}, INPUTS)
     cache = trt.EngineCache(str(tmp_path / "engines"))
-    key = trt.engine_cache_key("c" * 64, "10.3.0", gpu, plan)
+    key = trt_plan.engine_cache_key("c" * 64, "10.3.0", gpu, plan)
     cache.put(key, b"serialized-engine", {"plan": plan, "build_seconds": 12.5})
     path, meta = trt.get_or_build(cache, "model.onnx", "c" * 64, plan, gpu)
     assert Path(path).read_bytes() == b"serialized-engine" and meta["cached"] and meta["key"] == key
@@ -90,18 +90,18 @@ def test_unchanged_variant_is_not_rebuilt(tmp_path):
 # ---- trtexec ---------------------------------------------------------------------------------------------
 
 def test_trtexec_command_per_version():
-    p10 = trt.build_plan("10.3.0", QDQ, {"workspace_mb": 512, "tf32": False}, INPUTS)
-    cmd = trt.trtexec_command(p10, "m.onnx", "m.engine", "/x", "/usr/src/tensorrt/bin/trtexec", "/c/timing.cache")
+    p10 = trt_plan.build_plan("10.3.0", QDQ, {"workspace_mb": 512, "tf32": False}, INPUTS)
+    cmd = trt_plan.trtexec_command(p10, "m.onnx", "m.engine", "/x", "/usr/src/tensorrt/bin/trtexec", "/c/timing.cache")
     assert cmd[:3] == ["/usr/src/tensorrt/bin/trtexec", "--onnx=m.onnx", "--saveEngine=m.engine"]
     for flag in ("--stronglyTyped", "--memPoolSize=workspace:512M", "--noTF32", "--skipInference", "--profilingVerbosity=detailed",
                  "--minShapes=image:1x1x28x28,text:1x16", "--maxShapes=image:8x1x28x28,text:8x16",
                  "--timingCacheFile=/c/timing.cache", "--exportLayerInfo=/x/layers.json", "--builderOptimizationLevel=3"):
         assert flag in cmd
     assert "--int8" not in cmd and "--fp16" not in cmd
-    weak = trt.trtexec_command(trt.build_plan("10.3.0", FP32, {"precision": "fp16"}), "m.onnx", "m.engine")
+    weak = trt_plan.trtexec_command(trt_plan.build_plan("10.3.0", FP32, {"precision": "fp16"}), "m.onnx", "m.engine")
     assert "--fp16" in weak and "--stronglyTyped" not in weak
-    p11 = trt.build_plan("11.2.0", FP16, {}, INPUTS)
-    bench = trt.trtexec_command(p11, "m.onnx", "m.engine", "/x", bench={"batch": 4, "iterations": 50})
+    p11 = trt_plan.build_plan("11.2.0", FP16, {}, INPUTS)
+    bench = trt_plan.trtexec_command(p11, "m.onnx", "m.engine", "/x", bench={"batch": 4, "iterations": 50})
     assert not {"--fp16", "--int8", "--stronglyTyped", "--skipInference"} & set(bench)
     for flag in ("--shapes=image:4x1x28x28,text:4x16", "--iterations=50", "--exportTimes=/x/times.json",
                  "--exportProfile=/x/profile.json", "--separateProfileRun", "--useSpinWait"):
@@ -113,12 +113,12 @@ def test_parse_trtexec_exports():
     times = [{"startEnqMs": i, "endEnqMs": i + 0.1, "startH2dMs": i, "endH2dMs": i + 0.05, "startComputeMs": i + 0.05,
               "endComputeMs": i + 0.05 + c, "startD2hMs": 0, "endD2hMs": 0, "h2dMs": 0.05, "computeMs": c, "d2hMs": 0.02,
               "latencyMs": c + 0.07, "endToEndMs": c + 0.1} for i, c in enumerate([1.0, 2.0, 3.0, 4.0, 10.0])]
-    t = trt.parse_trtexec_times(times)
+    t = trt_plan.parse_trtexec_times(times)
     assert t["compute"]["count"] == 5 and t["compute"]["median_ms"] == 3.0 and t["compute"]["max_ms"] == 10.0
     assert t["latency"]["mean_ms"] == pytest.approx(4.07) and t["h2d_mean_ms"] == pytest.approx(0.05) and "end_to_end" in t
-    old = trt.parse_trtexec_times([{"startInMs": 0, "inMs": 0.1, "computeMs": 1.0, "outMs": 0.2, "latencyMs": 1.3}])
+    old = trt_plan.parse_trtexec_times([{"startInMs": 0, "inMs": 0.1, "computeMs": 1.0, "outMs": 0.2, "latencyMs": 1.3}])
     assert old["h2d_mean_ms"] == 0.1 and old["d2h_mean_ms"] == 0.2
-    profile = trt.parse_trtexec_profile([{"count": 100}, {"name": "conv1", "timeMs": 50.0, "averageMs": 0.5, "medianMs": 0.48, "percentage": 62.5},
+    profile = trt_plan.parse_trtexec_profile([{"count": 100}, {"name": "conv1", "timeMs": 50.0, "averageMs": 0.5, "medianMs": 0.48, "percentage": 62.5},
                                          {"name": "fc", "timeMs": 30.0, "averageMs": 0.3, "percentage": 37.5}])
     assert profile["iterations"] == 100 and [lay["name"] for lay in profile["layers"]] == ["conv1", "fc"]
     assert profile["total_average_ms"] == pytest.approx(0.8) and profile["layers"][1]["median_ms"] is None
@@ -144,13 +144,13 @@ LAYERS_11 = {"Layers": [
 
 
 def test_layer_precision_from_inspector_json_10_and_11():
-    p10 = trt.layer_precisions(LAYERS_10)
+    p10 = trt_plan.layer_precisions(LAYERS_10)
     assert [lay["precision"] for lay in p10["layers"]] == ["int8", "fp16", "fp16", "unknown"]
     assert p10["counts"] == {"int8": 1, "fp16": 2, "unknown": 1} and p10["io"] == ["x", "logits"]
     assert p10["layers"][0]["tactic"] == "sm87_xmma"
-    p11 = trt.layer_precisions(LAYERS_11)
+    p11 = trt_plan.layer_precisions(LAYERS_11)
     assert p11["counts"] == {"int8": 1, "fp32": 1} and p11["io"] == ["x", "z"]
-    assert trt.layer_precisions({"Layers": ["conv1", "fc"]})["counts"] == {"unknown": 2}  # LAYER_NAMES_ONLY verbosity
+    assert trt_plan.layer_precisions({"Layers": ["conv1", "fc"]})["counts"] == {"unknown": 2}  # LAYER_NAMES_ONLY verbosity
 
 
 def test_build_failure_keeps_the_tensorrt_lines_that_explain_it():
@@ -163,7 +163,7 @@ def test_build_failure_keeps_the_tensorrt_lines_that_explain_it():
 
     kind, hint, lines = _error_kind(e)
     assert kind == "build" and lines == [log[2]] and "workspace" in hint
-    assert _error_kind(trt.PlanError("no", "use fp32"))[:2] == ("plan", "use fp32")
+    assert _error_kind(trt_plan.PlanError("no", "use fp32"))[:2] == ("plan", "use fp32")
 
 
 # ---- tegrastats ----------------------------------------------------------------------------------------------
@@ -242,8 +242,6 @@ def test_agent_is_python_310_stdlib_and_numpy_only():
                 top = n.split(".")[0]
                 ok = top in sys.stdlib_module_names or top in ALLOWED_TOP or (f.name == "agent.py" and n == "edgekit")
                 assert ok, f"{f.name} imports {n}"
-    latency = AGENT.parent / "latency.py"
-    ast.parse(latency.read_text(), feature_version=(3, 10))
 
 
 def test_backend_reports_why_tensorrt_is_missing(tmp_path):
@@ -278,8 +276,9 @@ def test_build_and_run_a_real_engine(trt_ready, tmp_path, precision):
     import torch
 
     from edgekit.backends import compile_onnx
-    from edgekit.export import to_fp16_onnx, to_onnx
+    from edgekit.export import to_onnx
     from edgekit.models import build_model, preset_config
+    from edgekit.onnxgraph.fp16 import to_fp16_onnx
     from edgekit.train import reference_spec
 
     torch.manual_seed(0)

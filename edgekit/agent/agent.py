@@ -17,10 +17,9 @@ import sys
 import time
 import traceback
 
+from . import measure
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The same protocol as `edgekit bench` (edgekit/bench.py); the manifest may override any of it.
-BENCH_DEFAULTS = {"batch_sizes": [1, 8], "warmup": 10, "warmup_seconds": 0.5, "iterations": None, "min_seconds": 2.0,
-                  "max_seconds": 60.0, "power_seconds": 5.0}
 
 
 def emit(event: str, **fields) -> None:
@@ -49,14 +48,6 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _latency():
-    try:
-        from . import latency  # the bundle carries a verbatim copy of edgekit/latency.py
-    except ImportError:
-        from edgekit import latency  # running from an edgekit checkout
-    return latency
-
-
 # ---- data ---------------------------------------------------------------------------------------------------
 
 def load_npz(path: str) -> dict:
@@ -64,27 +55,6 @@ def load_npz(path: str) -> dict:
 
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-def sample_feed(spec: dict, samples: dict | None, batch: int, seed: int = 0) -> dict:
-    """A feed of `batch` real samples (cycled), or random inputs of the spec's shapes when there are none."""
-    import numpy as np
-
-    if samples:
-        n = len(samples["labels"])
-        idx = np.arange(batch) % n
-        return {i["name"]: samples[i["name"]][idx] for i in spec["inputs"]}
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for i in spec["inputs"]:
-        shape = [batch if d is None else d for d in i["shape"]]
-        if i["name"] == "modality_mask":
-            feed[i["name"]] = np.ones(shape, np.float32)
-        elif i.get("dtype", "float32").startswith("int"):
-            feed[i["name"]] = rng.integers(0, 2, size=shape).astype(i["dtype"])
-        else:
-            feed[i["name"]] = rng.standard_normal(shape).astype(i.get("dtype", "float32"))
-    return feed
 
 
 def predict_all(runner, spec: dict, samples: dict, batch: int):
@@ -99,28 +69,6 @@ def predict_all(runner, spec: dict, samples: dict, batch: int):
     return np.concatenate(logits).astype(np.float32)
 
 
-def classification(labels, pred, num_classes: int) -> dict:
-    import numpy as np
-
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    tp = np.diag(cm).astype(float)
-    precision = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
-    recall = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
-    present = cm.sum(1) > 0
-    return {"n": int(len(labels)), "accuracy": float((labels == pred).mean()), "f1_macro": float(f1[present].mean())}
-
-
-def parity(reference, logits) -> dict:
-    import numpy as np
-
-    ref, cand = np.asarray(reference, np.float64), np.asarray(logits, np.float64)
-    diff = np.abs(ref - cand)
-    return {"n": int(len(ref)), "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()),
-            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "finite": bool(np.isfinite(cand).all())}
-
-
 # ---- one variant -------------------------------------------------------------------------------------------
 
 def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | None, fp: dict) -> dict:
@@ -129,7 +77,7 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
 
     name, spec = entry["name"], entry["spec"]
     build = manifest.get("build") or {}
-    bench = {**BENCH_DEFAULTS, **(manifest.get("bench") or {})}
+    bench = {**measure.protocol(), "power_seconds": measure.POWER_SECONDS, **(manifest.get("bench") or {})}
     t0 = time.perf_counter()
     emit("variant_stage", variant=name, stage="load")
     runner, info = open_runner(bundle, entry, args.runtime, build=build, cache_dir=args.cache)
@@ -142,39 +90,31 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
             shutil.copyfile(info["engine"], shipped)  # fetched by the host; also what runtime.load() will use here
         result["engine"] = {"file": f"engines/{name}.engine", "bytes": os.path.getsize(shipped), **{k: v for k, v in (info.get("build") or {}).items() if k != "plan"}}
         result["build_plan"] = (info.get("build") or {}).get("plan")
-        layers = runner.layer_info(sample_feed(spec, samples, build.get("batch", {}).get("opt", 1)))
+        layers = runner.layer_info(measure.sample_feed(spec, samples, build.get("batch", {}).get("opt", 1)))
         write_json(os.path.join(args.out, f"{name}.layers.json"), layers)
         result["layer_precision_counts"] = layers["counts"]
     eval_batch = max(1, int((build.get("batch") or {}).get("max", 8))) if info["runtime"] == "tensorrt" else 32
     if args.mode == "deploy" and samples:
         emit("variant_stage", variant=name, stage="accuracy")
         logits = predict_all(runner, spec, samples, eval_batch)
-        result["accuracy"] = classification(samples["labels"], logits.argmax(1), len(spec.get("class_names") or []) or logits.shape[1])
+        class_names = spec.get("class_names") or [str(c) for c in range(logits.shape[1])]
+        result["accuracy"] = measure.classification(samples["labels"], logits.argmax(1), class_names)
         ref_path = os.path.join(bundle, entry["reference"]) if entry.get("reference") else None
         if ref_path and os.path.exists(ref_path):
             ref = load_npz(ref_path)
-            result["parity"] = dict(parity(ref["logits"], logits), reference=entry.get("reference_source", "host reference"))
-            p = result["parity"]
-            p["min_top1"] = float(manifest.get("parity_min_top1", {}).get(entry.get("precision") or "fp32", 0.99))
-            p["passed"] = bool(p["finite"] and p["top1_agreement"] >= p["min_top1"])
-    lat = _latency()
+            result["parity"] = dict(measure.parity(ref["logits"], logits), reference=entry.get("reference_source", "host reference"))
+            measure.parity_passed(result["parity"], float(manifest.get("parity_min_top1", {}).get(entry.get("precision") or "fp32", 0.99)))
     result["batches"] = {}
     for b in bench["batch_sizes"]:
         emit("variant_stage", variant=name, stage=f"bench batch {b}")
-        call = runner.bind(sample_feed(spec, samples, int(b)))
-        times = lat.measure(call, warmup=int(bench["warmup"]), warmup_seconds=float(bench["warmup_seconds"]),
-                            iterations=bench["iterations"], min_seconds=float(bench["min_seconds"]),
-                            max_seconds=float(bench["max_seconds"]))
-        result["batches"][str(b)] = {"batch": int(b), "latency_ms": lat.summarize(times),
-                                     "throughput_per_s": lat.throughput(times, int(b)), "times_ms": [t * 1000 for t in times]}
-    result["protocol"] = dict(bench, timer="time.perf_counter per call", percentiles="nearest rank", gc="paused while timing",
-                              concurrency="1 request at a time",
+        result["batches"][str(b)] = measure.time_batch(runner.bind(measure.sample_feed(spec, samples, int(b))), int(b), bench)
+    result["protocol"] = dict(bench, cv_limit=measure.CV_LIMIT, **measure.PROTOCOL_NOTES,
                               inputs="the bundle's samples (cycled to the batch size)" if samples else "random from the spec (seed 0)",
                               timed="h2d + execute + d2h + sync" if info["runtime"] == "tensorrt" else "session.run on bound numpy inputs")
     if fp.get("tegrastats") or args.tegrastats:
         emit("variant_stage", variant=name, stage="power")
         b = int(bench["batch_sizes"][0])
-        result["power"] = power.measure_energy(runner.bind(sample_feed(spec, samples, b)), float(bench["power_seconds"]), b,
+        result["power"] = power.measure_energy(runner.bind(measure.sample_feed(spec, samples, b)), float(bench["power_seconds"]), b,
                                                command=args.tegrastats)
     else:
         result["power"] = {"available": False, "reason": "tegrastats not found (not a Jetson?)"}
@@ -185,7 +125,8 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
 
 
 def _error_kind(e: BaseException) -> tuple[str, str, list[str]]:
-    from .trt import BuildError, PlanError
+    from .trt import BuildError
+    from .trt_plan import PlanError
 
     if isinstance(e, PlanError):
         return "plan", e.hint, []

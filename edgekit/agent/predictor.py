@@ -11,73 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
-MASK_INPUT = "modality_mask"
+from .measure import MASK_INPUT
+from .preprocess import CallerMustPrepare, log_mel, mel_filterbank, prepare, resample, resize_bilinear, tokenize  # noqa: F401
 
-
-# ---- preprocessing (mirrors edgekit.data: audio.log_mel, avdigits image scaling and tokenization) ----------
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    mel_to_hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
-    edges = mel_to_hz(np.linspace(hz_to_mel(20.0), hz_to_mel(sample_rate / 2), n_mels + 2))
-    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    return np.maximum(0.0, np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid))).astype(np.float32)
-
-
-def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return x
-    try:  # the same polyphase filter as training when scipy is there
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(int(rate), int(target))
-        return resample_poly(x, target // g, rate // g).astype(np.float32)
-    except ImportError:  # numpy-only devices: linear interpolation (slightly different high frequencies)
-        n = int(round(len(x) * target / rate))
-        return np.interp(np.arange(n) * rate / target, np.arange(len(x)), x).astype(np.float32)
-
-
-def log_mel(x: np.ndarray, sample_rate: int = 8000, target_rate: int = 8000, n_fft: int = 256, hop: int = 128,
-            n_mels: int = 40, frames: int = 64, **_) -> np.ndarray:
-    """[n_mels, frames] natural-log mel power of a waveform, centred in a fixed window (static graph)."""
-    x = resample(np.asarray(x, np.float32), sample_rate, target_rate)
-    need = n_fft + hop * (frames - 1)
-    if len(x) >= need:
-        start = (len(x) - need) // 2
-        x = x[start : start + need]
-    else:
-        pad = need - len(x)
-        x = np.pad(x, (pad // 2, pad - pad // 2))
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
-    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
-    return np.log(mel_filterbank(target_rate, n_fft, n_mels) @ spec.T + 1e-6).astype(np.float32)
-
-
-def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres and no antialiasing (torch interpolate, align_corners=False)."""
-    def axis(n_in, n_out):
-        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
-        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-        return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
-
-    r0, r1, wr = axis(img.shape[0], h)
-    c0, c1, wc = axis(img.shape[1], w)
-    rows = img[r0] * (1 - wr)[:, None] + img[r1] * wr[:, None]
-    return (rows[:, c0] * (1 - wc)[None, :] + rows[:, c1] * wc[None, :]).astype(np.float32)
-
-
-def tokenize(text: str, vocab: list[str], seq_len: int, unknown: int = 1, pad: int = 0) -> np.ndarray:
-    index = {w: i for i, w in enumerate(vocab)}
-    ids = [index.get(t, unknown) for t in re.findall(r"[a-z]+", text.lower())][:seq_len]
-    return np.array(ids + [pad] * (seq_len - len(ids)), np.int64)
-
+# ---- preprocessing: per-input steps live in preprocess.py (shared with edgekit.data); the modality-keyed
+# `preprocessing` dict below is the older form, recorded by models trained on the built-in dataset ------------
 
 def _prepare(modality: str, value, pre: dict, shape: list, dtype: str, sample_rate: int | None):
     """One raw input -> the model's array for a batch of one."""
@@ -106,13 +47,17 @@ def _prepare(modality: str, value, pre: dict, shape: list, dtype: str, sample_ra
 
 
 def make_feed(spec: dict, raw: dict, sample_rate: int | None = None) -> dict:
-    """{input name: array [1, ...]} from raw modality values; absent optional modalities -> zeros + mask 0."""
+    """{input name: array [1, ...]} from raw values given by input name or modality; absent optional modalities
+    -> zeros + mask 0. Inputs with a recorded per-input `preprocess` get exactly those steps (preprocess.py); a
+    step this device cannot do (e.g. Hugging Face tokenization without `transformers`) is a one-line ValueError
+    saying what to pass instead."""
     pre = spec.get("preprocessing") or {}
     modalities = spec.get("modalities") or []
-    feed, present = {}, {}
+    feed, present, derived = {}, {}, {}
     for inp in spec["inputs"]:
         name, mod, shape = inp["name"], inp.get("modality"), inp["shape"]
-        if name == MASK_INPUT:
+        steps = inp.get("preprocess") or {}
+        if name == MASK_INPUT or "mask_of" in steps:
             continue
         key = mod or name
         value, kind = raw.get(name), key
@@ -125,14 +70,45 @@ def make_feed(spec: dict, raw: dict, sample_rate: int | None = None) -> dict:
                 raise ValueError(f"input '{name}' is required by this model")
             feed[name] = np.zeros([1] + [d for d in shape[1:]], inp.get("dtype", "float32"))
             present[key] = 0.0
+            continue
+        if steps:
+            try:
+                out = prepare(name, steps, value, sample_rate)
+            except CallerMustPrepare:
+                raise
+            except (ValueError, OSError) as e:
+                raise ValueError(f"input '{name}': {e}") from None
+            feed[name] = _fit(out.pop(name), shape, inp.get("dtype", "float32"), name)
+            derived.update(out)
         else:
             feed[name] = _prepare(kind, value, pre.get(key) or {}, shape, inp.get("dtype", "float32"), sample_rate)
-            present[key] = 1.0
+        present[key] = 1.0
+    for inp in spec["inputs"]:  # masks filled by their text input (e.g. attention_mask), unless given
+        of = (inp.get("preprocess") or {}).get("mask_of")
+        if of is None:
+            continue
+        name = inp["name"]
+        value = raw.get(name) if raw.get(name) is not None else derived.get(name)
+        if value is None and of in feed:  # ids given as an array: the mask marks the non-pad tokens
+            text = next(i for i in spec["inputs"] if i["name"] == of).get("preprocess", {}).get("text", {})
+            value = (feed[of][0] != text.get("pad", 0)).astype(np.int64)
+        if value is None:
+            raise ValueError(f"input '{name}' (the mask of '{of}') was not given and cannot be derived")
+        feed[name] = _fit(value, inp["shape"], inp.get("dtype", "int64"), name)
     if any(i["name"] == MASK_INPUT for i in spec["inputs"]):
         if modalities and not any(present.get(m) for m in modalities):
             raise ValueError(f"every modality is missing; give at least one of {modalities}")
         feed[MASK_INPUT] = np.array([[present.get(m, 0.0) for m in modalities]], np.float32)
     return feed
+
+
+def _fit(arr, shape: list, dtype: str, name: str) -> np.ndarray:
+    """A per-sample array as [1, ...] in the model's shape (unit axes added or dropped) and dtype."""
+    arr = np.asarray(arr)
+    one = [1] + [1 if d is None else d for d in shape[1:]]
+    if arr.size != int(np.prod(one)):
+        raise ValueError(f"input '{name}' has {list(arr.shape)} after preprocessing, the model expects {shape[1:]} per sample")
+    return arr.reshape(one).astype(dtype)
 
 
 # ---- runners and bundles ------------------------------------------------------------------------------------
@@ -189,15 +165,15 @@ def open_runner(bundle_dir: str, entry: dict, runtime: str = "auto", build: dict
         raise ValueError(f"unknown runtime '{runtime}' (tensorrt | onnxruntime | auto)")
     import tensorrt
 
-    from . import trt
+    from . import trt, trt_plan
     from .cudart import CudaRuntime
 
     shipped = os.path.join(bundle_dir, "engines", entry["name"] + ".engine")
     if os.path.exists(shipped):  # built on this device by the deploy agent
         return trt.EngineRunner(shipped), {"runtime": "tensorrt", "engine": shipped, "tensorrt": tensorrt.__version__}
     gpu = CudaRuntime().devices()[0]
-    plan = trt.build_plan(tensorrt.__version__, entry.get("graph", {}), {**(build or {}), "precision": entry.get("precision")},
-                          entry["spec"]["inputs"])
+    plan = trt_plan.build_plan(tensorrt.__version__, entry.get("graph", {}), {**(build or {}), "precision": entry.get("precision")},
+                               entry["spec"]["inputs"])
     path, meta = trt.get_or_build(trt.EngineCache(cache_dir or default_engine_cache()), onnx, entry["sha256"], plan, gpu,
                                   _trtexec())
     return trt.EngineRunner(path), {"runtime": "tensorrt", "engine": path, "tensorrt": tensorrt.__version__, "gpu": gpu, "build": meta}

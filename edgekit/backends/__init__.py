@@ -11,7 +11,8 @@ def compile_onnx(onnx_path, backend, out_dir, options: dict | None = None, spec=
     in artifact.json; a failure raises EdgekitError with them. This is the entry point for every compile."""
     from edgekit.backends.base import get_backend
     from edgekit.errors import EdgekitError
-    from edgekit.export import MIN_TOP1, check_parity, compiled_parity, spec_for_onnx
+    from edgekit.onnxgraph.info import spec_for_onnx
+    from edgekit.parity import MIN_TOP1, check_parity, compiled_parity
 
     b = get_backend(backend) if isinstance(backend, str) else backend
     b.require()

@@ -51,6 +51,11 @@ class Artifact:
             raise EdgekitError(f"{meta} is corrupt ({type(e).__name__}: {e})", "recompile the artifact") from e
 
 
+def contiguous(feed: dict) -> dict:
+    """The feed as C-contiguous arrays: what ONNX Runtime and OpenVINO read without a copy of their own."""
+    return {k: np.ascontiguousarray(v) for k, v in feed.items()}
+
+
 class Runner(ABC):
     """run({input name: array}) -> {output name: array}. Feeds are checked against the spec first."""
 
@@ -70,6 +75,12 @@ class Runner(ABC):
         so converting or copying inputs in Python is not counted as model time. Backends override this."""
         self.spec.check_feed(feed)
         return lambda: self._run(feed)
+
+    def _bind_feed(self, feed: dict) -> dict:
+        """What a binding holds: the feed checked against the spec once, as contiguous arrays; the binding keeps
+        the returned dict alive as long as the runtime reads from it."""
+        self.spec.check_feed(feed)
+        return contiguous(feed)
 
 
 class Backend(ABC):
@@ -91,6 +102,31 @@ class Backend(ABC):
             raise EdgekitError(f"backend '{self.name}' is not available: {why}", self.install_hint)
 
 
+def compile_precision(onnx_path: Path, options: dict, fp16_from_fp32: str) -> tuple[str, str]:
+    """(what the ONNX carries, what the artifact will run at) for options["precision"] (auto|fp32|fp16|int8).
+    A precision the graph does not carry is refused, except fp16 from an fp32 graph, which each backend makes
+    its own way (`fp16_from_fp32` says how, for the hint): INT8 must come from Q/DQ in the ONNX."""
+    from edgekit.onnxgraph.info import onnx_precision
+
+    have = onnx_precision(onnx_path)
+    want = options.get("precision", "auto")
+    if want == "fp16" and have == "fp32":
+        return have, "fp16"
+    if want not in ("auto", have):
+        raise EdgekitError(f"{onnx_path} is {have}, not {want}", f"for int8 export a quantized model (Q/DQ); fp16 is {fp16_from_fp32} an fp32 ONNX")
+    return have, have
+
+
+def cpu_int8_source(onnx_path: Path, out_dir: Path) -> tuple[Path, dict]:
+    """(the graph to compile, what was rewritten) for a CPU backend given an INT8 (Q/DQ) ONNX: activations as uint8
+    and BatchNorms folded (edgekit.onnxgraph.qdq.prepare_int8_for_cpu), written as out_dir/source.cpu-int8.onnx."""
+    from edgekit.onnxgraph.qdq import prepare_int8_for_cpu
+
+    dst = Path(out_dir) / "source.cpu-int8.onnx"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return dst, prepare_int8_for_cpu(onnx_path, dst)
+
+
 _REGISTRY = {
     "onnxruntime": "edgekit.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgekit.backends.openvino:OpenVINOBackend",
@@ -105,9 +141,10 @@ def get_backend(name: str) -> Backend:
         close = difflib.get_close_matches(str(name).lower(), _REGISTRY, n=1, cutoff=0.6)
         raise EdgekitError(f"unknown backend '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
                            f"choose one of: {', '.join(_REGISTRY)}")
-    from edgekit.checkpoint import resolve_factory
+    import importlib
 
-    return resolve_factory(_REGISTRY[name])()
+    module, _, cls = _REGISTRY[name].partition(":")  # our own fixed table, not a reference read from a file
+    return getattr(importlib.import_module(module), cls)()
 
 
 def backend_names() -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Backend, Runner
+from edgekit.backends.base import Artifact, Backend, Runner, compile_precision, contiguous, cpu_int8_source
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_path, ensure_dir
 
@@ -49,18 +49,17 @@ class OnnxRuntimeRunner(Runner):
         self._device = "cuda" if settings["providers"][0] == "CUDAExecutionProvider" else "cpu"
 
     def _run(self, feed):
-        res = self.session.run(self._outputs, {k: np.ascontiguousarray(v) for k, v in feed.items()})
+        res = self.session.run(self._outputs, contiguous(feed))
         return dict(zip(self._outputs, res))
 
     def bind(self, feed):
         """I/O binding: inputs placed once (on the GPU for CUDA), outputs pre-allocated, so a timed call is the model only."""
         import onnxruntime as ort
 
-        self.spec.check_feed(feed)
         io = self.session.io_binding()
         keep = []  # OrtValues must outlive the binding
-        for name, arr in feed.items():
-            keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self._device, 0))
+        for name, arr in self._bind_feed(feed).items():
+            keep.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, 0))
             io.bind_ortvalue_input(name, keep[-1])
         batch = len(next(iter(feed.values())))
         types = {o.name: _NUMPY.get(o.type) for o in self.session.get_outputs()}
@@ -94,28 +93,22 @@ class OnnxRuntimeBackend(Backend):
         """Options: threads (default: usable cores), optimization (disabled|basic|extended|all, default all),
         providers (default CUDA if present, else CPU), precision (auto|fp32|fp16|int8: fp16 converts the ONNX first),
         qdq_rewrite (default true: an INT8 graph's activations become uint8 and BatchNorms are folded first, see
-        edgekit.export.prepare_int8_for_cpu; false compiles the Q/DQ graph as it is)."""
-        import onnx
+        edgekit.onnxgraph.qdq.prepare_int8_for_cpu; false compiles the Q/DQ graph as it is)."""
         import onnxruntime as ort
-
-        from edgekit.export import onnx_precision, prepare_int8_for_cpu, to_fp16_onnx
 
         self.require()
         onnx_path, out = Path(onnx_path), Path(out_dir)
         ensure_dir(out)
-        have = onnx_precision(onnx.load(str(onnx_path), load_external_data=False))
-        precision = options.get("precision", "auto")
-        if precision == "fp16" and have == "fp32":
-            fp16 = out / "source.fp16.onnx"
-            to_fp16_onnx(onnx_path, fp16)
-            onnx_path, have = fp16, "fp16"
-        elif precision not in ("auto", have):
-            raise EdgekitError(f"{onnx_path} is {have}, not {precision}", "for int8 export a quantized model (Q/DQ); fp16 is converted from an fp32 ONNX")
+        carried, have = compile_precision(onnx_path, options, "converted from")
+        if have != carried:  # fp16 from an fp32 graph: ORT runs what the file says, so the file becomes FP16
+            from edgekit.onnxgraph.fp16 import to_fp16_onnx
+
+            to_fp16_onnx(onnx_path, out / "source.fp16.onnx")
+            onnx_path = out / "source.fp16.onnx"
         rewrite = None
         if have == "int8" and options.get("qdq_rewrite", True):
-            # uint8 activations and folded BatchNorms: what ORT's QDQ fusions need on x86 (export.prepare_int8_for_cpu)
-            rewrite = prepare_int8_for_cpu(onnx_path, out / "source.cpu-int8.onnx")
-            onnx_path = out / "source.cpu-int8.onnx"
+            # uint8 activations and folded BatchNorms: what ORT's QDQ fusions need on x86
+            onnx_path, rewrite = cpu_int8_source(onnx_path, out)
         opts = {"threads": int(options.get("threads") or default_threads()), "optimization": options.get("optimization", "all"),
                 "providers": _providers(ort, options.get("providers")), "qdq_rewrite": rewrite is not None}
         path = out / "model.onnx"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Backend, Runner
+from edgekit.backends.base import Artifact, Backend, Runner, compile_precision, contiguous, cpu_int8_source
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_path, ensure_dir
 
@@ -22,7 +22,7 @@ class OpenVINORunner(Runner):
         self._outputs = [(o, o.get_any_name()) for o in compiled.outputs]
 
     def _run(self, feed):
-        res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        res = self.request.infer(contiguous(feed))
         return {name: np.array(res[port]) for port, name in self._outputs}  # copies: the request reuses its buffers
 
     def bind(self, feed):
@@ -30,8 +30,7 @@ class OpenVINORunner(Runner):
         is infer() only, and two bindings (batch 1 and batch 8, timed in turns) never overwrite each other's inputs."""
         import openvino as ov
 
-        self.spec.check_feed(feed)
-        keep = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        keep = self._bind_feed(feed)
         request = self.compiled.create_infer_request()
         for name, arr in keep.items():
             request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
@@ -57,20 +56,12 @@ class OpenVINOBackend(Backend):
         """Options: device (default CPU), precision (auto|fp32|fp16|int8; fp16 = weights stored as fp16 and an f16
         inference hint), threads (default: all the plugin's), hint (LATENCY|THROUGHPUT, default LATENCY), qdq_rewrite
         (default true on CPU: an INT8 graph's activations become uint8 and BatchNorms are folded first, see
-        edgekit.export.prepare_int8_for_cpu)."""
-        import onnx
+        edgekit.onnxgraph.qdq.prepare_int8_for_cpu)."""
         import openvino as ov
-
-        from edgekit.export import onnx_precision, prepare_int8_for_cpu
 
         self.require()
         onnx_path, out = Path(onnx_path), Path(out_dir)
-        have = onnx_precision(onnx.load(str(onnx_path), load_external_data=False))
-        precision = options.get("precision", "auto")
-        if precision == "fp16" and have == "fp32":
-            have = "fp16"
-        elif precision not in ("auto", have):
-            raise EdgekitError(f"{onnx_path} is {have}, not {precision}", "for int8 export a quantized model (Q/DQ); fp16 is applied to an fp32 ONNX")
+        _, have = compile_precision(onnx_path, options, "applied to")  # fp16 from fp32: f16 weights and hint below
         opts = {"device": options.get("device", "CPU"), "hint": options.get("hint", "LATENCY").upper(),
                 "threads": int(options["threads"]) if options.get("threads") else None,
                 # f32 keeps fp32 numerics even where the plugin would default to bf16; quantized parts still run int8
@@ -78,10 +69,8 @@ class OpenVINOBackend(Backend):
         t0 = time.perf_counter()
         rewrite = None
         if have == "int8" and options.get("qdq_rewrite", True) and opts["device"].upper().startswith("CPU"):
-            # uint8 activations (oneDNN's u8s8 kernels) and folded BatchNorms: export.prepare_int8_for_cpu
-            out.mkdir(parents=True, exist_ok=True)
-            rewrite = prepare_int8_for_cpu(onnx_path, out / "source.cpu-int8.onnx")
-            onnx_path = out / "source.cpu-int8.onnx"
+            # uint8 activations (oneDNN's u8s8 kernels) and folded BatchNorms
+            onnx_path, rewrite = cpu_int8_source(onnx_path, out)
         opts["qdq_rewrite"] = rewrite is not None
         try:
             # convert_model, not read_model: its offline passes store Q/DQ weights as int8 in the IR

@@ -1,6 +1,6 @@
 """TensorRT backend: ONNX -> engine on this machine's GPU, cached by (ONNX, TensorRT version, GPU, options).
 
-The build, cache and runner live in edgekit/agent/trt.py, so a Jetson running the deploy agent builds
+The plan, build, cache and runner live in edgekit/agent/ (trt_plan.py, trt.py), so a Jetson running the deploy agent builds
 engines with exactly the same code. This module adapts them to the Backend/Runner contract. Engines are not
 portable: to get one for a Jetson, use `edgekit deploy RUN_DIR --target ssh://...`, which builds it there."""
 from __future__ import annotations
@@ -51,10 +51,10 @@ class TensorRTBackend(Backend):
         self.require()
         import tensorrt
 
-        from edgekit.agent import trt
+        from edgekit.agent import trt, trt_plan
         from edgekit.agent.cudart import CudaRuntime
         from edgekit.agent.predictor import _trtexec, default_engine_cache
-        from edgekit.deploy import graph_info
+        from edgekit.onnxgraph.info import graph_info
 
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         opts = dict(options or {})
@@ -62,12 +62,12 @@ class TensorRTBackend(Backend):
         opts.pop("threads", None)  # CPU threads mean nothing to a GPU engine (the common compile options carry it)
         if opts.get("precision") in ("auto", None):
             opts["precision"] = None  # what the ONNX carries
-        unknown = sorted(set(opts) - set(trt.DEFAULT_OPTIONS))
+        unknown = sorted(set(opts) - set(trt_plan.DEFAULT_OPTIONS))
         if unknown:
-            raise EdgekitError(f"unknown TensorRT option(s) {unknown}", f"supported: {', '.join(trt.DEFAULT_OPTIONS)}")
+            raise EdgekitError(f"unknown TensorRT option(s) {unknown}", f"supported: {', '.join(trt_plan.DEFAULT_OPTIONS)}")
         try:
-            plan = trt.build_plan(tensorrt.__version__, graph_info(onnx_path), opts, [i.model_dump() for i in spec.inputs])
-        except trt.PlanError as e:
+            plan = trt_plan.build_plan(tensorrt.__version__, graph_info(onnx_path), opts, [i.model_dump() for i in spec.inputs])
+        except trt_plan.PlanError as e:
             raise EdgekitError(e.message, e.hint) from e
         ensure_dir(out_dir)  # a bad --out fails now, not after a build of minutes
         gpu = CudaRuntime().devices()[0]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import wave
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -12,10 +11,10 @@ from edgekit.errors import EdgekitError
 FRONTEND = {"sample_rate": 8000, "n_fft": 256, "hop": 128, "n_mels": 40, "frames": 64}
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
+def read_wav(path) -> tuple[np.ndarray, int]:
     """Mono float32 in [-1, 1] and the sample rate; a broken file is a user error naming the file."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:  # a file or a file object
             n, ch, width, rate = w.getnframes(), w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(n)
     except (wave.Error, EOFError, OSError) as e:

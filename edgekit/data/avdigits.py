@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.data import ArrayDataset
 from edgekit.data.audio import FRONTEND, log_mel, read_wav
+from edgekit.data.dataset import ArrayDataset
 from edgekit.errors import EdgekitError
 from edgekit.spec import MASK_INPUT
 

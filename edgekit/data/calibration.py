@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.data import ArrayDataset
+from edgekit.data.dataset import ArrayDataset
 from edgekit.errors import EdgekitError
-from edgekit.spec import MASK_INPUT, ModelSpec
+from edgekit.spec import ModelSpec
 
 DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "calibration"
 
@@ -31,9 +31,10 @@ def definition_path(name: str) -> Path:
 
 
 def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: float = 0.0, seed: int = 0,
-           required: tuple[str, ...] = ()) -> ArrayDataset:
+           required: tuple[str, ...] = (), policy=None) -> ArrayDataset:
     """`size` paired samples: equal per class when stratify == "class" (the remainder spread over classes),
-    uniform otherwise; a fraction `missing` of them gets one modality (never a `required` one) removed.
+    uniform otherwise; a fraction `missing` of them gets one modality (never a `required` one, nor one the model
+    never goes without) removed the way the model takes it: `policy` (edgekit.data.missing), else the dataset's.
     A size larger than the source, or (stratified) smaller than its number of classes, is an error: the set
     would silently not be what the recipe asked for."""
     if size < 1:
@@ -58,14 +59,12 @@ def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: floa
     else:
         raise EdgekitError(f"unknown calibration stratify '{stratify}'", "use 'class' or 'none'")
     out = data.subset(np.sort(idx))
-    droppable = [m for m in out.modalities if m not in required and m in out.inputs]
-    if missing > 0 and droppable and MASK_INPUT in out.inputs:
-        out = ArrayDataset({k: v.copy() for k, v in out.inputs.items()}, out.labels, out.modalities)
+    policy = policy or out.missing_policy
+    droppable = [m for m in policy.droppable if m not in required]
+    if missing > 0 and droppable:
         picked = rng.permutation(len(out))[: int(round(missing * len(out)))]
-        for n, i in enumerate(picked):  # round-robin, so every droppable modality is missing equally often
-            m = droppable[n % len(droppable)]
-            out.inputs[m][i] = 0
-            out.inputs[MASK_INPUT][i, out.modalities.index(m)] = 0
+        for k, m in enumerate(droppable):  # round-robin, so every droppable modality is missing equally often
+            out = policy.drop(out, m, rows=picked[k :: len(droppable)])
     return out
 
 
@@ -73,8 +72,9 @@ def describe(data: ArrayDataset, class_names: list[str] | None = None) -> dict:
     counts = np.bincount(data.labels, minlength=len(class_names or [])) if len(data) else np.zeros(0, int)
     names = class_names or [str(i) for i in range(len(counts))]
     out = {"size": len(data), "class_counts": {names[i]: int(c) for i, c in enumerate(counts)}}
-    if MASK_INPUT in data.inputs and len(data):
-        out["modality_coverage"] = {m: float(data.inputs[MASK_INPUT][:, j].mean()) for j, m in enumerate(data.modalities)}
+    present = data.missing_policy.present(data) if len(data) else {}
+    if present:
+        out["modality_coverage"] = {m: float(p.mean()) for m, p in present.items()}
     return out
 
 
@@ -95,13 +95,12 @@ def check(data: ArrayDataset, spec: ModelSpec, what: str = "calibration set") ->
             bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))
             raise EdgekitError(f"the {what} has NaN or Inf in '{name}' ({len(bad)} sample(s), e.g. sample {bad[0]})",
                                "clean those samples (np.nan_to_num) or drop them before calibrating")
-    if MASK_INPUT not in data.inputs:
-        return
-    mask = data.inputs[MASK_INPUT]
+    policy = data.missing_policy
+    presence = policy.present(data)
     for i in spec.inputs:
-        if i.modality is None or i.modality not in spec.modalities:
+        if i.modality is None or i.modality not in presence:
             continue
-        present = mask[:, spec.modalities.index(i.modality)]
+        present = presence[i.modality]
         if not present.any():
             raise EdgekitError(f"no sample of the {what} has the '{i.modality}' modality, which the model uses",
                                "calibrate on paired samples with every modality present (missing only in a fraction of them)")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.models.encoders import ConvEncoder, build_text_encoder
 from edgekit.models.fusion import FUSION_HEADS
+from edgekit.models.stats import count_macs, count_params, model_stats  # noqa: F401 — the one MAC/param count
 
 MODALITIES = ("image", "audio", "text")
 
@@ -71,20 +71,3 @@ def build_model(config: dict) -> FusionModel:
         return FusionModel(config)
     except KeyError as e:
         raise EdgekitError(f"model config is missing the key {e}", "rebuild the config with edgekit.models.preset_config") from e
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, inputs: dict) -> int:
-    """Multiply-accumulates of one forward pass, counted from the aten ops torch actually runs
-    (so attention matmuls and pruned shapes are counted as they are, not from a layer table)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(**inputs)
-    model.train(was_training)
-    return fc.get_total_flops() // 2

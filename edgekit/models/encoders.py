@@ -88,7 +88,7 @@ class TextTransformer(nn.Module):
         self.embed = nn.Embedding(cfg["vocab"], cfg["d_model"])
         self.pos = nn.Parameter(torch.zeros(1, cfg["seq_len"], cfg["d_model"]))
         nn.init.normal_(self.pos, std=0.02)
-        self.layers = nn.ModuleList(TransformerLayer(cfg["d_model"], l["heads"], l["head_dim"], l["ff"], dropout) for l in cfg["layers"])
+        self.layers = nn.ModuleList(TransformerLayer(cfg["d_model"], ly["heads"], ly["head_dim"], ly["ff"], dropout) for ly in cfg["layers"])
         self.norm = nn.LayerNorm(cfg["d_model"])
         self.proj = nn.Linear(cfg["d_model"], cfg["dim"])
 

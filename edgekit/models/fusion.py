@@ -65,7 +65,7 @@ class AttentionFusion(nn.Module):
         self.summary = nn.Parameter(torch.zeros(1, 1, d))
         nn.init.normal_(self.modality_embed, std=0.02)
         nn.init.normal_(self.summary, std=0.02)
-        self.layers = nn.ModuleList(TransformerLayer(d, l["heads"], l["head_dim"], l["ff"], dropout) for l in cfg["layers"])
+        self.layers = nn.ModuleList(TransformerLayer(d, ly["heads"], ly["head_dim"], ly["ff"], dropout) for ly in cfg["layers"])
         self.norm = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, num_classes)
 

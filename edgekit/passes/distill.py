@@ -11,12 +11,33 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from edgekit.errors import EdgekitError
-from edgekit.spec import MASK_INPUT
+from edgekit.passes.base import PassSettings
+
+ON_QUANTIZED = "QAT"  # a fake-quant student trains through its quantizers
+
+
+class DistillSettings(PassSettings):
+    """Knowledge distillation from the original model; after `quantize` it is QAT."""
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha goes to the labels")
+    features: list[str] = Field(default_factory=list, description="branch modules whose outputs are matched too")
+    feature_weight: float = Field(1.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    patience: Optional[int] = Field(3, ge=1, description="early stopping on validation accuracy; null = never")
+    modality_p: float = Field(0.2, ge=0, lt=1, description="modality dropout probability")
+    seed: int = 0
+
+
+Settings = DistillSettings
 
 
 class _Student(nn.Module):
@@ -58,13 +79,17 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
 def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-3,
             temperature: float = 4.0, alpha: float = 0.7, features: list[str] | tuple = (), feature_weight: float = 1.0,
             batch_size: int = 64, patience: int | None = 3, modality_p: float = 0.2, seed: int = 0,
-            progress=None) -> tuple[nn.Module, dict]:
+            progress=None, missing=None) -> tuple[nn.Module, dict]:
     """Train a copy of `student` to match `teacher`; returns (the student with its best-validation weights, record).
+
+    missing: how a modality is absent for this model (edgekit.data.missing.MissingPolicy; default: the training
+      set's). Modality dropout uses it, so any model works: zeros + a mask column, an all-zero attention_mask, or
+      no dropout at all for a model that never goes without a modality.
 
     features: submodule names (e.g. ["image", "audio", "text"]) whose outputs are also matched, through a
       learned linear adapter when the student's width differs. progress: callable(n_samples, info) or None.
     """
-    from edgekit.train import fit
+    from edgekit.fit import fit
 
     if epochs < 1:
         raise EdgekitError(f"distill epochs is {epochs}", "train for at least one epoch")
@@ -73,9 +98,7 @@ def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int =
                            "use 0 <= alpha <= 1, temperature > 0 and lr > 0")
     if len(train) == 0 or len(val) == 0:
         raise EdgekitError("distillation needs non-empty train and validation splits", "check the recipe's data section")
-    if MASK_INPUT not in train.inputs:
-        raise EdgekitError(f"distillation trains with modality dropout, which needs a '{MASK_INPUT}' input the model lacks",
-                           "give the model a modality_mask input (see edgekit.spec), or leave distill out of this variant")
+    policy = missing or train.missing_policy
     t0 = time.time()
     student = copy.deepcopy(student)
     teacher = copy.deepcopy(teacher).eval()
@@ -114,13 +137,14 @@ def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int =
 
     try:
         result = fit(wrapped, train, val, epochs, lr, batch_size=batch_size, seed=seed, loss_fn=loss_fn,
-                     modality_p=modality_p, patience=patience, on_epoch=on_epoch, on_step=on_step)
+                     modality_p=modality_p, patience=patience, on_epoch=on_epoch, on_step=on_step, missing=policy)
     finally:
         s_cap.close()
         t_cap.close()
     record = {"pass": "distill", "settings": {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha,
                                                "features": features, "feature_weight": feature_weight, "batch_size": batch_size,
                                                "patience": patience, "modality_p": modality_p, "seed": seed},
+              "dropped_modalities": policy.droppable if modality_p > 0 else [],
               "epochs_run": len(result["history"]), "best_val_accuracy": result["best_val_accuracy"],
               "history": result["history"], "seconds": time.time() - t0}
     return wrapped.student.eval(), record
@@ -147,3 +171,21 @@ def _adapters(student, teacher, features, s_cap, t_cap, data) -> nn.ModuleDict:
                                "only the last (feature) axis may differ; choose branch outputs such as the encoders")
         out[_key(name)] = nn.Identity() if s.shape[-1] == t.shape[-1] else nn.Linear(s.shape[-1], t.shape[-1])
     return out
+
+
+# ---------------------------------------------------------------- the pass registry's interface (edgekit.passes)
+
+def run(model: nn.Module, settings: DistillSettings, ctx) -> tuple[nn.Module, dict]:
+    from edgekit.data.missing import policy_for
+
+    with ctx.progress("distilling", total=settings.epochs * len(ctx.train)) as advance:
+        return distill(model, ctx.teacher, ctx.train, ctx.val, progress=lambda n, info: advance(n, info=info),
+                       missing=policy_for(ctx.spec, ctx.train), **settings.model_dump())
+
+
+def restore(model: nn.Module, cfg: dict, spec) -> nn.Module:
+    return model  # distillation changes weights only: the checkpoint's weights are the whole result
+
+
+def summary(record: dict) -> str:
+    return f"best validation accuracy {record['best_val_accuracy']:.4f} after {record['epochs_run']} epoch(s)"

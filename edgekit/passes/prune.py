@@ -3,9 +3,10 @@ removed for real (smaller weight tensors, fewer MACs), never masked.
 
 The dependency graph couples every layer that shares a channel axis — a residual stream, a concat of branch
 features feeding one Linear, q/k/v/out of one attention, a gated sum — so one pruning decision removes the
-same channels everywhere. Attention is recognised by the edgekit convention: a module with integer `heads`
-and `head_dim` attributes and `q`, `k`, `v` Linears (like edgekit.models.encoders.MultiHeadAttention);
-heads are pruned as whole head groups (or head dims uniformly), then `heads`/`head_dim` are updated.
+same channels everywhere (prune_graph.py corrects it where it is wrong for fusion models). Attention heads
+are removed whole, from q, k, v and the output projection at once, before the graph is traced
+(prune_heads.py: edgekit, Hugging Face BERT/RoBERTa/DistilBERT/ViT, timm and torch.nn.MultiheadAttention
+conventions); head dims, feed-forward widths and channels are then pruned on the graph.
 
 A pruned model is rebuilt later either from a config derived from its new shapes (reference models) or by
 replaying the pruning plan (which channels were removed, as JSON) on `factory(config)` (any model).
@@ -15,47 +16,62 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from typing import Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.models.stats import model_stats
+from edgekit.passes.base import PassSettings
+from edgekit.passes.prune_graph import ConcatRecorder, free_parameters, lstm_pruner
+from edgekit.passes.prune_heads import (
+    find_attention,
+    find_ffn,
+    head_attributes,
+    prune_heads,
+    replay_heads,
+)
 from edgekit.spec import ModelSpec
 
 IMPORTANCES = ("magnitude", "taylor")
 HEAD_MODES = ("heads", "dims", "both", "none")
-QUANTIZER_PREFIX = "__nncf_hooks"  # an INT8 model's fake-quant modules: not part of the network's size
+STRUCTURES = ("heads", "ffn", "channels")
+
+
+class PruneSettings(PassSettings):
+    """Structured pruning: give `ratio` or `target_macs`."""
+    ratio: Optional[float] = Field(None, gt=0, lt=1, description="fraction of channels/units/heads removed per group")
+    target_macs: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the MACs to keep; the ratio is searched")
+    per_branch: dict[str, float] = Field(default_factory=dict, description="{submodule: ratio}; 0 leaves a branch whole")
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    calibration_batches: int = Field(4, ge=1, description="batches of the calibration set for Taylor importance")
+    heads: Literal["heads", "dims", "both", "none"] = "heads"
+    round_to: Optional[int] = Field(None, ge=1, description="keep channel counts multiples of this: 16 suits TensorRT, 32 AVX-512 INT8 CPU kernels (unaligned widths leave kernel blocks half empty)")
+    ignore: list[str] = Field(default_factory=list, description="submodules never pruned")
+    global_pruning: bool = False
+    head_ratio: Optional[float] = Field(None, ge=0, lt=1, description="fraction of heads removed from each attention module (default: its branch's ratio)")
+    ffn_ratio: Optional[float] = Field(None, ge=0, lt=1, description="fraction of feed-forward hidden units removed (default: its branch's ratio)")
+    only: list[Literal["heads", "ffn", "channels"]] = Field(default_factory=lambda: list(STRUCTURES), min_length=1,
+                                                             description="what may shrink: attention heads, feed-forward widths, all other channels")
+
+    @model_validator(mode="after")
+    def _one_amount(self):
+        if (self.ratio is None) == (self.target_macs is None):
+            raise ValueError("give exactly one of 'ratio' (e.g. 0.3) and 'target_macs' (e.g. 0.5)")
+        bad = {k: v for k, v in self.per_branch.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"per_branch ratios must be in [0, 1): {bad}")
+        return self
+
+
+Settings = PruneSettings
 
 
 def example_inputs(spec: ModelSpec, batch: int = 2) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in spec.example_inputs(batch).items()}
-
-
-# ---------------------------------------------------------------- measuring
-
-def model_stats(model: nn.Module, inputs: dict) -> dict:
-    """Params and MACs of the whole model and of each top-level child (its branches), counted from the aten
-    ops torch runs, so attention matmuls and pruned shapes count as they are (quantizers excluded)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(**inputs)
-    model.train(was_training)
-    batch = next(iter(inputs.values())).shape[0]
-    flops = fc.get_flop_counts()
-    root = next((k for k in flops if k != "Global" and "." not in k), None)
-    branches = {}
-    for name, child in model.named_children():
-        if name.startswith(QUANTIZER_PREFIX):
-            continue
-        key = f"{root}.{name}" if root else name
-        branches[name] = {"params": sum(p.numel() for p in child.parameters()),
-                          "macs": sum(flops.get(key, {}).values()) // 2 // batch}
-    return {"params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(QUANTIZER_PREFIX)),
-            "macs": sum(flops.get("Global", {}).values()) // 2 // batch, "branches": branches}
 
 
 # ---------------------------------------------------------------- what to prune and what never to
@@ -64,131 +80,6 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules()
             if isinstance(getattr(m, "heads", None), int) and isinstance(getattr(m, "head_dim", None), int)
             and all(isinstance(getattr(m, x, None), nn.Linear) for x in ("q", "k", "v"))}
-
-
-def _free_parameters(model: nn.Module) -> tuple[list, list]:
-    """Parameters not owned by a standard layer (positional tables, learned tokens, gates). Those of 2+ dims
-    are pruned along their last (feature) axis; 1-D ones (per-modality weights, scalars) are left alone."""
-    owned = set()
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-                          nn.Embedding, nn.LSTM, nn.GroupNorm, nn.PReLU, nn.MultiheadAttention)):
-            owned.update(id(p) for p in m.parameters())
-    free = [(n, p) for n, p in model.named_parameters() if id(p) not in owned]
-    return [(n, p) for n, p in free if p.dim() >= 2], [(n, p) for n, p in free if p.dim() < 2]
-
-
-def _lstm_pruner(tp):
-    """Torch-Pruning 1.6's own nn.LSTM pruner indexes the gate rows wrongly; this one keeps the same hidden
-    units in all four gates (rows of weight_ih/weight_hh/biases) and in weight_hh's columns."""
-
-    class LSTMHiddenPruner(tp.pruner.BasePruningFunc):
-        TARGET_MODULES = nn.LSTM
-
-        def check(self, layer, idxs, to_output):
-            if layer.num_layers != 1 or layer.bidirectional or layer.proj_size:
-                raise EdgekitError("only single-layer, unidirectional nn.LSTM can be pruned", "add the LSTM to prune: {ignore: [...]}")
-
-        def prune_out_channels(self, layer, idxs):
-            keep = torch.tensor(sorted(set(range(layer.hidden_size)) - set(idxs)))
-            rows = torch.cat([keep + g * layer.hidden_size for g in range(4)])
-            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
-                if hasattr(layer, name):
-                    setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), rows.tolist(), 0))
-            layer.weight_hh_l0 = self._prune_parameter_and_grad(layer.weight_hh_l0, keep.tolist(), 1)
-            layer.hidden_size = len(keep)
-            layer._init_flat_weights()
-            return layer
-
-        def prune_in_channels(self, layer, idxs):
-            keep = sorted(set(range(layer.input_size)) - set(idxs))
-            layer.weight_ih_l0 = self._prune_parameter_and_grad(layer.weight_ih_l0, keep, 1)
-            layer.input_size = len(keep)
-            layer._init_flat_weights()
-            return layer
-
-        def get_out_channels(self, layer):
-            return layer.hidden_size
-
-        def get_in_channels(self, layer):
-            return layer.input_size
-
-    return LSTMHiddenPruner()
-
-
-class _ConcatRecorder:
-    """Records, for every torch.cat that torch-pruning traces, the width and grad-ness of each input.
-    Torch-Pruning 1.6 gets two things wrong for fusion heads: it builds its graph from autograd, so an input
-    that needs no grad (a model input such as the modality mask, concatenated to the branch features in early
-    and hierarchical fusion) is invisible to it; and it disables concat index mapping whenever a 3-D parameter
-    lies upstream (a ViT class-token heuristic that our text positional table trips). Either way every branch
-    feeding the concat would be pruned at the same, wrong indices."""
-
-    def __init__(self):
-        self.calls = {}
-
-    def forward_fn(self, model, inputs):
-        from torch.overrides import TorchFunctionMode
-
-        calls = self.calls
-
-        class Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                if func in (torch.cat, torch.concat, torch.concatenate) and isinstance(out, torch.Tensor) and out.grad_fn is not None:
-                    tensors = args[0] if args else kwargs["tensors"]
-                    dim = (args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)) % out.dim()
-                    calls[out.grad_fn] = (dim, out.dim(), [(t.requires_grad, t.shape[dim]) for t in tensors])
-                return out
-
-        with Mode():
-            return model(**inputs)
-
-    def fix(self, tp, dg) -> None:
-        """Give each such concat the missing inputs as fixed-width nodes, so its offsets come out right."""
-        pruner = _fixed_width_pruner(tp)
-        dg.register_customized_layer(_FixedWidth, pruner)
-        for node in list(dg.module2node.values()):
-            if node.type != tp.ops.OPTYPE.CONCAT or node.grad_fn not in self.calls:
-                continue
-            dim, ndim, inputs = self.calls[node.grad_fn]
-            # a concat of features ([B, C] or NCHW) needs offsets; one of tokens ([B, N, C] on N) does not
-            node.enable_index_mapping = dim == 1 and ndim in (2, 4)
-            if all(g for g, _ in inputs) or len(node.inputs) != sum(g for g, _ in inputs):
-                continue
-            traced, merged = iter(node.inputs), []
-            for needs_grad, width in inputs:
-                if needs_grad:
-                    merged.append(next(traced))
-                else:
-                    fixed = tp.dependency.Node(_FixedWidth(width), grad_fn=None, name=f"fixed input ({width})")
-                    fixed.type = tp.ops.OPTYPE.CUSTOMIZED
-                    fixed.add_output(node)
-                    dg.module2node[fixed.module] = fixed
-                    merged.append(fixed)
-            node.inputs = merged
-            node.module.concat_sizes = None  # recomputed from the inputs at the next index-mapping update
-
-
-class _FixedWidth(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.width = width
-
-
-def _fixed_width_pruner(tp):
-    class FixedWidthPruner(tp.pruner.BasePruningFunc):
-        def prune_out_channels(self, layer, idxs):
-            return layer
-
-        prune_in_channels = prune_out_channels
-
-        def get_out_channels(self, layer):
-            return layer.width
-
-        get_in_channels = get_out_channels
-
-    return FixedWidthPruner()
 
 
 def _output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
@@ -219,7 +110,8 @@ def _check_ratio(value, what: str, allow_zero: bool = False) -> float:
 def prune(model: nn.Module, spec: ModelSpec, *, ratio: float | None = None, target_macs: float | None = None,
           per_branch: dict[str, float] | None = None, importance: str = "magnitude", calibration=None,
           calibration_batches: int = 4, heads: str = "heads", round_to: int | None = None,
-          ignore: list[str] | tuple = (), global_pruning: bool = False, batch_size: int = 32) -> tuple[nn.Module, dict]:
+          ignore: list[str] | tuple = (), global_pruning: bool = False, batch_size: int = 32, head_ratio: float | None = None,
+          ffn_ratio: float | None = None, only: list[str] | tuple = STRUCTURES) -> tuple[nn.Module, dict]:
     """Structured pruning; returns (a pruned copy of `model`, a record of what was done).
 
     ratio: fraction of channels / hidden units / heads removed from every prunable group, in (0, 1).
@@ -229,6 +121,10 @@ def prune(model: nn.Module, spec: ModelSpec, *, ratio: float | None = None, targ
     importance: "magnitude" (L2 of the coupled weights) or "taylor" (|w * dL/dw| on `calibration` batches).
     heads: "heads" removes whole attention heads, "dims" shrinks every head's dim, "both", or "none".
     ignore: submodule names never pruned (the classifier(s) and the model inputs/outputs never are).
+    head_ratio / ffn_ratio: the fraction of heads (per attention module, rounded, one always stays) / of
+      feed-forward hidden units removed, instead of the ratio of the branch they sit in; 0 keeps them all.
+    only: what may shrink, any of "heads", "ffn" (feed-forward widths) and "channels" (everything else:
+      conv channels, hidden units, residual widths); e.g. ["heads", "ffn"] keeps an encoder's hidden size.
     """
     tp = _torch_pruning()
     if (ratio is None) == (target_macs is None):
@@ -243,6 +139,10 @@ def prune(model: nn.Module, spec: ModelSpec, *, ratio: float | None = None, targ
         raise EdgekitError(f"unknown pruning importance '{importance}'", f"choose one of: {', '.join(IMPORTANCES)}")
     if heads not in HEAD_MODES:
         raise EdgekitError(f"unknown attention pruning mode heads='{heads}'", f"choose one of: {', '.join(HEAD_MODES)}")
+    head_ratio = None if head_ratio is None else _check_ratio(head_ratio, "prune head_ratio", allow_zero=True)
+    ffn_ratio = None if ffn_ratio is None else _check_ratio(ffn_ratio, "prune ffn_ratio", allow_zero=True)
+    if isinstance(only, str) or not only or set(only) - set(STRUCTURES):
+        raise EdgekitError(f"prune only={only!r} names nothing known to prune", f"list some of: {', '.join(STRUCTURES)}")
     if importance == "taylor" and (calibration is None or len(calibration) == 0):
         raise EdgekitError("Taylor importance needs calibration samples with labels, and none were given",
                            "pass a calibration set, or use importance: magnitude")
@@ -257,7 +157,8 @@ def prune(model: nn.Module, spec: ModelSpec, *, ratio: float | None = None, targ
         _accumulate_gradients(model, calibration, calibration_batches, batch_size)
 
     settings = dict(per_branch=per_branch, importance=importance, heads=heads, round_to=round_to, ignore=list(ignore),
-                    global_pruning=global_pruning, num_classes=spec.num_classes)
+                    global_pruning=global_pruning, head_ratio=head_ratio, ffn_ratio=ffn_ratio, only=list(only),
+                    num_classes=spec.num_classes)
     if ratio is not None:
         pruned, stage = _prune_once(tp, model, inputs, ratio, **settings)
         search = None
@@ -275,9 +176,20 @@ def prune(model: nn.Module, spec: ModelSpec, *, ratio: float | None = None, targ
     record = {"pass": "prune", "settings": {"ratio": ratio, "target_macs": target_macs, **{k: v for k, v in settings.items() if k != "num_classes"}},
               "before": before, "after": after, "macs_reduction": before["macs"] / max(after["macs"], 1),
               "params_reduction": before["params"] / max(after["params"], 1),
-              "attention": {n: {"heads": m.heads, "head_dim": m.head_dim} for n, m in attention_modules(pruned).items()},
+              "attention": {n: {"heads": a.heads, "head_dim": a.head_dim} for n, a in find_attention(pruned).items()},
+              **_removed_per_layer(model, pruned, stage),
               "rebuild": "config" if config is not None else "plan", "search": search, "seconds": time.time() - t0}
     return pruned, dict(record, plan=stage, config=config)
+
+
+def _removed_per_layer(model: nn.Module, pruned: nn.Module, stage: dict) -> dict:
+    """For the report: which heads left each attention module, and each feed-forward block's width before/after."""
+    after, ffn_after = find_attention(pruned), find_ffn(pruned)
+    heads = {n: {"before": after[n].heads + len(drop), "after": after[n].heads, "removed": drop}
+             for n, drop in stage["heads"].items() if n in after}
+    ffn = {n: {"before": up.out_features, "after": ffn_after[n][0].out_features}
+           for n, (up, _) in find_ffn(model).items() if n in ffn_after and ffn_after[n][0].out_features != up.out_features}
+    return {"heads_removed": heads, "ffn_widths": ffn}
 
 
 def _torch_pruning():
@@ -296,55 +208,72 @@ def _accumulate_gradients(model, calibration, batches: int, batch_size: int) -> 
         nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(labels))).backward()
 
 
-def _prune_once(tp, model, inputs, ratio, *, per_branch, importance, heads, round_to, ignore, global_pruning, num_classes):
+def _prune_once(tp, model, inputs, ratio, *, per_branch, importance, heads, round_to, ignore, global_pruning, head_ratio,
+                ffn_ratio, only, num_classes):
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     model = copy.deepcopy(model)
     for n, p in model.named_parameters():  # deepcopy drops .grad, which Taylor importance reads
         if n in grads:
             p.grad = grads[n].clone()
-    attn = attention_modules(model)
-    num_heads = {getattr(m, x): m.heads for m in attn.values() for x in ("q", "k", "v")}
-    ignored = _output_layers(model, num_classes) + [model.get_submodule(n) for n in ignore]
-    if heads == "none":
-        ignored += [getattr(m, x) for m in attn.values() for x in ("q", "k", "v")]
-    unwrapped, fixed = _free_parameters(model)
-    ratio_dict, head_ratio = {}, {n: ratio for n in attn}
-    for name, r in per_branch.items():
-        sub = model.get_submodule(name)
-        if r == 0:
-            ignored.append(sub)
+    left_whole = list(ignore) + [n for n, r in per_branch.items() if r == 0]
+    skip = lambda name: any(_inside(name, n) for n in left_whole)
+
+    def branch_ratio(name):  # the innermost per_branch entry holding `name`, else the global ratio
+        owners = [n for n in per_branch if _inside(name, n)]
+        return per_branch[max(owners, key=len)] if owners else ratio
+
+    remove_heads = heads in ("heads", "both") and "heads" in only
+    head_stage = prune_heads(model, lambda n: (head_ratio if head_ratio is not None else branch_ratio(n)) if remove_heads else 0.0,
+                             importance, skip)
+    attn, ffn = find_attention(model), {n: up for n, (up, _) in find_ffn(model).items() if not skip(n)}
+    ignored = _output_layers(model, num_classes) + [model.get_submodule(n) for n in left_whole]
+    ignored += [m for m in model.modules() if type(m) is nn.MultiheadAttention]  # not splittable (add_bias_kv): left whole
+    num_heads = {}  # q/k/v whose head dims torch-pruning shrinks; every other projection keeps its heads' rows
+    for name, att in attn.items():
+        projections = [lin for lin, _ in att.projections]
+        if heads in ("dims", "both") and "heads" in only and not att.packed and not skip(name):
+            num_heads.update({lin: att.heads for lin in projections})
         else:
-            ratio_dict[sub] = r
-        head_ratio.update({n: r for n in attn if n == name or n.startswith(name + ".")})
-    # torch-pruning removes ceil(ratio * heads) heads and may remove them all; round instead and keep one
-    head_dict = {getattr(attn[n], x): max(min(round(r * attn[n].heads), attn[n].heads - 1) / attn[n].heads - 1e-6, 0.0)
-                 for n, r in head_ratio.items() for x in ("q", "k", "v")}
+            ignored += projections
+    ratio_dict = {model.get_submodule(n): r for n, r in per_branch.items() if r > 0}
+    prune_ffn = "ffn" in only and ffn_ratio != 0
+    if not prune_ffn:
+        ignored += list(ffn.values())
+    elif ffn_ratio is not None:
+        ratio_dict.update({up: ffn_ratio for up in ffn.values()})  # after per_branch: the more specific wins
+    unwrapped, fixed = free_parameters(model)
+    if "channels" not in only:  # every layer that is neither an FFN up-projection nor a head-dim q/k/v keeps its width
+        allowed = set(num_heads) | (set(ffn.values()) if prune_ffn else set())
+        ignored += [m for m in model.modules() if m not in allowed and next(m.parameters(recurse=False), None) is not None]
+        unwrapped, fixed = [], unwrapped + fixed
     imp = tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=2)
-    concats = _ConcatRecorder()
+    concats = ConcatRecorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about each free parameter we did classify
         pruner = tp.pruner.MetaPruner(
             model, inputs, importance=imp, pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None,
             ignored_layers=ignored + [p for _, p in fixed], round_to=round_to, global_pruning=global_pruning,
-            num_heads=num_heads, prune_num_heads=heads in ("heads", "both"), prune_head_dims=heads in ("dims", "both"),
-            head_pruning_ratio=ratio if heads in ("heads", "both") else 0.0,
-            head_pruning_ratio_dict=head_dict if heads in ("heads", "both") else None,
+            num_heads=num_heads, prune_num_heads=False, prune_head_dims=bool(num_heads), head_pruning_ratio=0.0,
             unwrapped_parameters=[(p, p.dim() - 1) for _, p in unwrapped], forward_fn=concats.forward_fn,
-            customized_pruners={nn.LSTM: _lstm_pruner(tp)})
+            customized_pruners={nn.LSTM: lstm_pruner(tp)})
         concats.fix(tp, pruner.DG)
         for group in pruner.step(interactive=True):
             group.prune()
-    for m in attn.values():
-        m.heads = pruner.num_heads.get(m.q, m.heads)
-        if m.q.out_features % m.heads:
-            raise EdgekitError(f"attention pruning left {m.q.out_features} q channels for {m.heads} heads",
+    attrs = head_attributes(model)
+    for name in attn:
+        if name not in attrs:
+            raise EdgekitError(f"attention pruning left {name} with q/k/v widths its head count does not divide",
                                "use prune heads: heads (whole heads) or dims with round_to: null")
-        m.head_dim = m.q.out_features // m.heads
+        for k, v in attrs[name].items():
+            setattr(model.get_submodule(name), k, v)
     history = [[name, bool(is_out), [int(i) for i in tp._helpers.to_plain_idxs(idxs)]]
                for name, is_out, idxs in pruner.pruning_history()]
-    stage = {"history": history, "unwrapped": [[n, p.dim() - 1] for n, p in unwrapped],
-             "attrs": {n: {"heads": m.heads, "head_dim": m.head_dim} for n, m in attn.items()}}
+    stage = {**head_stage, "history": history, "unwrapped": [[n, p.dim() - 1] for n, p in unwrapped], "attrs": attrs}
     return model, stage
+
+
+def _inside(name: str, scope: str) -> bool:
+    return name == scope or name.startswith(scope + ".") or scope == ""
 
 
 def _search_ratio(tp, model, inputs, target_macs, macs_before, settings):
@@ -420,15 +349,15 @@ def _conv_widths(enc) -> dict:
     from edgekit.models.encoders import ResidualBlock
 
     layers = list(enc.body)
-    convs = [i for i, l in enumerate(layers) if isinstance(l, nn.Conv2d)]
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
     stages = []
     for i in convs[1:]:
         mids = []
-        for l in layers[i + 1:]:
-            if isinstance(l, nn.Conv2d):
+        for m in layers[i + 1:]:
+            if isinstance(m, nn.Conv2d):
                 break
-            if isinstance(l, ResidualBlock):
-                mids.append(l.conv1.out_channels)
+            if isinstance(m, ResidualBlock):
+                mids.append(m.conv1.out_channels)
         stages.append({"width": layers[i].out_channels, "stride": layers[i].stride[0], "mids": mids})
     return {"stem": layers[convs[0]].out_channels, "stages": stages, "dim": enc.proj.out_features}
 
@@ -443,16 +372,19 @@ def apply_plan(model: nn.Module, plan: list[dict], spec: ModelSpec) -> nn.Module
     tp = _torch_pruning()
     inputs = example_inputs(spec)
     for stage in plan:
-        params = dict(model.named_parameters())
         try:
+            replay_heads(model, stage)  # heads first: the pass removed them before tracing its graph
+            params = dict(model.named_parameters())
             unwrapped = [(params[n], d) for n, d in stage["unwrapped"]]
-            _, fixed = _free_parameters(model)
-            concats = _ConcatRecorder()
+            named = {n for n, _ in stage["unwrapped"]}
+            prunable, one_dim = free_parameters(model)
+            fixed = [p for n, p in prunable + one_dim if n not in named]
+            concats = ConcatRecorder()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dg = tp.DependencyGraph().build_dependency(model, inputs, forward_fn=concats.forward_fn, unwrapped_parameters=unwrapped,
-                                                           ignored_params=[p for _, p in fixed], verbose=False,
-                                                           customized_pruners={nn.LSTM: _lstm_pruner(tp)})
+                                                           ignored_params=fixed, verbose=False,
+                                                           customized_pruners={nn.LSTM: lstm_pruner(tp)})
                 concats.fix(tp, dg)
                 dg.load_pruning_history(stage["history"])
         except (KeyError, AttributeError, IndexError, RuntimeError, ValueError) as e:
@@ -462,3 +394,26 @@ def apply_plan(model: nn.Module, plan: list[dict], spec: ModelSpec) -> nn.Module
             for k, v in attrs.items():
                 setattr(model.get_submodule(name), k, v)
     return model
+
+
+# ---------------------------------------------------------------- the pass registry's interface (edgekit.passes)
+
+def run(model: nn.Module, settings: PruneSettings, ctx) -> tuple[nn.Module, dict]:
+    """Prune, and record how to rebuild the result: a derived config while no plan is needed yet, else a plan stage."""
+    model, rec = prune(model, ctx.spec, calibration=ctx.calibration, **settings.model_dump())
+    config, plan = rec.pop("config"), rec.pop("plan")
+    if config is not None and not ctx.pruning_plan:
+        ctx.config = config
+    else:
+        ctx.pruning_plan.append(plan)
+    rec["rebuild"] = "config" if config is not None and not ctx.pruning_plan else "plan"
+    return model, rec
+
+
+def restore(model: nn.Module, cfg: dict, spec: ModelSpec) -> nn.Module:
+    return apply_plan(model, cfg["pruning_plan"], spec) if cfg.get("pruning_plan") else model
+
+
+def summary(record: dict) -> str:
+    b, a = record["before"], record["after"]
+    return f"MACs {b['macs']:,} -> {a['macs']:,} ({record['macs_reduction']:.2f}x fewer), params {b['params']:,} -> {a['params']:,}"

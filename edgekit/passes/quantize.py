@@ -19,18 +19,42 @@ import logging
 import os
 import re
 import time
+from typing import Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from edgekit.data import ArrayDataset
-from edgekit.data.calibration import check as check_calibration
-from edgekit.data.calibration import describe
+from edgekit.data.calibration import check as check_calibration, describe
 from edgekit.errors import EdgekitError
+from edgekit.passes.base import PassSettings
 from edgekit.spec import ModelSpec
 
 PRESETS = ("performance", "mixed")
+
+
+class IgnoredScopeSettings(PassSettings):
+    names: list[str] = Field(default_factory=list, description="NNCF op names, e.g. audio/body/0/conv2d/0")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions over NNCF op names")
+    types: list[str] = Field(default_factory=list, description="op types, e.g. matmul")
+
+
+class QuantizeSettings(PassSettings):
+    """INT8 post-training quantization; `max_accuracy_drop` turns on accuracy-aware mode."""
+    preset: Literal["performance", "mixed"] = "performance"
+    fast_bias_correction: bool = True
+    keep_float: list[str] = Field(default_factory=list, description="modules kept in float, e.g. [audio.body.0]")
+    ignored_scope: Optional[IgnoredScopeSettings] = None
+    model_type: Optional[Literal["transformer"]] = None
+    batch_size: int = Field(32, ge=1)
+    max_accuracy_drop: Optional[float] = Field(None, ge=0, description="points on the validation split")
+    ranking_samples: int = Field(128, ge=1, description="validation samples used to rank op sensitivity")
+    max_float_ops: Optional[int] = Field(None, ge=1, description="give up after this many ops in float")
+
+
+Settings = QuantizeSettings
 
 
 # NNCF compiles a C++ extension for its fake-quant ops on first use and gives up after 60 s by default: too short for
@@ -348,13 +372,28 @@ def nncf_config(model) -> dict | None:
     return nncf.torch.get_config(model)
 
 
-def restore(model: nn.Module, config: dict) -> nn.Module:
-    """Re-insert the saved quantizers into a freshly built model (weights are loaded afterwards)."""
+# ---------------------------------------------------------------- the pass registry's interface (edgekit.passes)
+
+def run(model: nn.Module, settings: QuantizeSettings, ctx) -> tuple[nn.Module, dict]:
+    with ctx.progress("quantizing") as advance:
+        return quantize(model, ctx.spec, ctx.calibration, validation=ctx.val, progress=lambda n, info: advance(n, info=info),
+                        **settings.model_dump())
+
+
+def restore(model: nn.Module, cfg: dict, spec: ModelSpec) -> nn.Module:
+    """Re-insert the INT8 quantizers saved in a checkpoint's config into a freshly built model (weights load afterwards)."""
+    if not cfg.get("quantization"):
+        return model
     _nncf()
     import nncf.torch
 
     try:
-        return nncf.torch.load_from_config(model, config)
+        return nncf.torch.load_from_config(model, cfg["quantization"]["nncf"])
     except Exception as e:  # noqa: BLE001 — any NNCF failure here means the saved config does not fit
         raise EdgekitError(f"cannot restore the INT8 quantizers saved with this checkpoint ({type(e).__name__}: {str(e)[:200]})",
                            "load it with the NNCF version it was saved with (see config.json)") from e
+
+
+def summary(record: dict) -> str:
+    aa = record.get("accuracy_aware")
+    return f"accuracy-aware: {aa['note']}" if aa else ""

@@ -1,5 +1,6 @@
-"""SSH to a device (paramiko): parse `ssh://user@host[:port]?python=...&workdir=...`, connect with host-key
-checking and key/agent auth only, run quoted commands, stream their output, move files over SFTP.
+"""The SSH transport to a device (paramiko): parse `ssh://user@host[:port]?python=...&workdir=...`, connect with
+host-key checking and key/agent auth only, run quoted commands, stream their output, move files over SFTP. Not a
+Backend: edgekit.deploy uses it to run the device agent, whatever runtime the device has.
 
 Safety: an unknown host key is refused unless the caller passes accept_new_host (then it is appended to
 known_hosts); a changed key is always refused. Passwords are never used. Every remote argument goes through
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from edgekit._optional import require
 from edgekit.errors import EdgekitError
+from edgekit.io import atomic_path, slug
 
 DEFAULT_PYTHON = "python3"
 _QUERY_KEYS = {"python", "workdir"}
@@ -66,8 +69,6 @@ class Target:
     @property
     def slug(self) -> str:
         """A file-name-safe name for this target's results folder."""
-        from edgekit.io import slug
-
         return slug(self.host + ("" if self.port == 22 else f"-{self.port}"))
 
 
@@ -123,8 +124,6 @@ class Connection:
         self.close()
 
     def connect(self) -> "Connection":
-        from edgekit._optional import require
-
         paramiko = require("paramiko", "deploying over SSH")
         t = self.target
         known = Path(self.known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
@@ -277,8 +276,6 @@ class Connection:
             raise
 
     def get(self, remote: str, local: Path) -> None:
-        from edgekit.io import atomic_path
-
         with atomic_path(local) as tmp:
             self.sftp.get(remote, str(tmp))
 
