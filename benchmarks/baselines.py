@@ -91,19 +91,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _fsdd_of(spec, given):
-    """The recordings the model was trained on (named in its spec), unless given; None = synthesized speech."""
-    if given:
-        return given
-    if os.environ.get("EDGEKIT_FSDD"):
-        return os.environ["EDGEKIT_FSDD"]
-    src = str(spec.preprocessing.get("source", ""))
-    if src.startswith("fsdd:"):
-        p = Path(src[5:].rsplit(":", 1)[0])
-        if p.is_dir():
-            return str(p)
-        raise EdgekitError(f"the model was trained on FSDD recordings at {p}, which are not here", "pass --fsdd PATH to the same recordings")
-    return None
+def _split(spec, name: str, fsdd):
+    """A split of the built-in data the checkpoint was trained on (edgekit.data reads which from its spec)."""
+    from edgekit.data.resolver import builtin_split
+
+    data = builtin_split(spec, name, fsdd or os.environ.get("EDGEKIT_FSDD") or None)
+    if data is None:
+        raise EdgekitError("this checkpoint was not trained on the built-in dataset, or its recordings are not here",
+                           "pass --fsdd PATH to the recordings it was trained on")
+    return data
 
 
 def _variant_onnx(path: Path) -> Path:
@@ -233,7 +229,6 @@ def _jsonable_row(r: dict) -> dict:
 def run(args) -> dict:
     from edgekit import baselines, checkpoint
     from edgekit.backends.base import get_backend
-    from edgekit.data import avdigits
     from edgekit.env import fingerprint
     from edgekit.io import atomic_write_json
     from edgekit.ui import console
@@ -251,12 +246,10 @@ def run(args) -> dict:
     chosen = resolve_e(args)
     model, spec, cfg = checkpoint.load(args.checkpoint)
     model.eval()
-    fsdd = _fsdd_of(spec, args.fsdd)
-    seed = spec.preprocessing.get("seed", 0)
-    test = avdigits.load("test", fsdd, seed)
+    test = _split(spec, "test", args.fsdd)
     if args.eval_samples and args.eval_samples < len(test):  # a fixed random subset: the split is ordered by class
         test = test.subset(np.sort(np.random.default_rng(0).choice(len(test), args.eval_samples, replace=False)))
-    train = avdigits.load("train", fsdd, seed)
+    train = _split(spec, "train", args.fsdd)
     calib = train.subset(np.random.default_rng(0).choice(len(train), min(args.calibration_size, len(train)), replace=False))
     items = baselines.calibration_items(calib, spec)
     out = args.out

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from edgekit.agent import measure
 from edgekit.errors import ISSUES_URL, EdgekitError, InternalError
 from edgekit.ui import console, progress
 
@@ -85,6 +86,9 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
 def evaluate(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="checkpoint folder (model.safetensors + config.json)"),
              split: str = typer.Option("test", help="train | val | test"),
              fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP),
+             data_file: Optional[Path] = typer.Option(None, "--data", help="evaluate on the data: section of this YAML (a "
+                                                      "recipe, or the recipe-data.yaml of `edgekit data export-avdigits`) "
+                                                      "instead of the dataset the model was trained on"),
              as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
              trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP)):
     """Accuracy, macro precision/recall/F1, per-class F1 and accuracy with each modality missing."""
@@ -92,8 +96,17 @@ def evaluate(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", h
     from edgekit.data.resolver import builtin_split
     from edgekit.evaluate import evaluate as run_eval
 
+    if split not in ("train", "val", "test"):
+        raise EdgekitError(f"unknown split '{split}'", "use train, val or test")
     model, spec, cfg = checkpoint.load(checkpoint_path, trust_code=trust_code)
-    data = builtin_split(spec, split, fsdd)
+    if data_file is not None:
+        from edgekit.data import resolve
+        from edgekit.recipe import load_data_section
+
+        splits = resolve(load_data_section(data_file), spec, base_dir=data_file.resolve().parent, origin=str(data_file))
+        data = getattr(splits, split)
+    else:
+        data = builtin_split(spec, split, fsdd)
     if data is None:
         raise EdgekitError(f"{checkpoint_path} was not trained on the built-in dataset (or its recordings are gone), so there is no split to evaluate on",
                            "pass --fsdd for the recordings, or evaluate on your data through a recipe (edgekit compress/run; `edgekit data check` shows the splits)")
@@ -182,6 +195,7 @@ def compile_cmd(onnx_path: Path = typer.Argument(..., metavar="MODEL.onnx", help
                   f"{art.meta.get('compile_seconds', 0):.1f} s); parity top-1 {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}", highlight=False)
 
 
+PROTOCOL = measure.protocol()  # the latency protocol's defaults: one definition, shared with the device agent
 TARGET_HELP = "device: ssh://user@host[:port][?python=/usr/bin/python3&workdir=/path] (repeat: several run at once)"
 RUNTIME_HELP = "on the device: tensorrt | onnxruntime | auto (TensorRT when it is there)"
 
@@ -189,10 +203,10 @@ RUNTIME_HELP = "on the device: tensorrt | onnxruntime | auto (TensorRT when it i
 @app.command()
 def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compiled artifact folder, or a checkpoint with --backend torch; with --target: an ONNX file (or folder with model.onnx)"),
           backend: Optional[str] = typer.Option(None, help="onnxruntime | openvino | tensorrt | torch (default: the artifact's)"),
-          batch: list[int] = typer.Option([1, 8], "--batch", "-b", help="batch size (repeat for several)"),
+          batch: list[int] = typer.Option(PROTOCOL["batch_sizes"], "--batch", "-b", help="batch size (repeat for several)"),
           iterations: Optional[int] = typer.Option(None, help="exactly N timed calls (default: run for --min-seconds)"),
-          min_seconds: float = typer.Option(2.0, help="minimum timed duration per batch size"),
-          warmup: int = typer.Option(10, help="warm-up calls"),
+          min_seconds: float = typer.Option(PROTOCOL["min_seconds"], help="minimum timed duration per batch size"),
+          warmup: int = typer.Option(PROTOCOL["warmup"], help="warm-up calls"),
           threads: Optional[int] = typer.Option(None, help="inference threads (default: the artifact's)"),
           out: Optional[Path] = typer.Option(None, help="folder for bench-<backend>.json (default: beside the artifact)"),
           as_json: bool = typer.Option(False, "--json", help="print the JSON instead of the table"),

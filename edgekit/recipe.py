@@ -188,18 +188,33 @@ def parse_recipe(data, source: str = "recipe") -> Recipe:
         raise EdgekitError(f"{source}: {_describe(e)}", "fix the recipe; see recipes/quickstart.yaml for a complete example") from None
 
 
-def load_recipe(path) -> Recipe:
-    p = Path(path)
+def _read_yaml(p: Path, what: str = "recipe"):
     if not p.is_file():
         shipped = sorted(f.name for f in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
-        raise EdgekitError(f"recipe {p} does not exist", f"pass a YAML file, e.g. recipes/{shipped[0] if shipped else 'quickstart.yaml'}")
+        raise EdgekitError(f"{what} {p} does not exist", f"pass a YAML file, e.g. recipes/{shipped[0] if shipped else 'quickstart.yaml'}")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EdgekitError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}", "check indentation and quoting") from None
-    return parse_recipe(data, str(p))
+
+
+def load_recipe(path) -> Recipe:
+    p = Path(path)
+    return parse_recipe(_read_yaml(p), str(p))
+
+
+def load_data_section(path):
+    """The `data:` section of a recipe, or of a file holding only that section (the recipe-data.yaml of
+    `edgekit data export-avdigits`), validated as in a recipe."""
+    p = Path(path)
+    raw = _read_yaml(p, "data file")
+    section = raw.get("data", raw) if isinstance(raw, dict) else raw
+    try:  # validated inside a minimal recipe, so its errors name keys as a recipe's do (data.columns, ...)
+        return Recipe.model_validate({"data": section, "variants": [{"name": "data-only"}]}).data
+    except ValidationError as e:
+        raise EdgekitError(f"{p}: {_describe(e)}", "fix its data section (README: Your model, your data)") from None
 
 
 def trust_recipe_code(recipe: Recipe, path=None):

@@ -229,6 +229,7 @@ def _multimodal(res: Results, by_target, recs) -> list:
     if rows:
         B += [("h3", "Per-branch cost before and after the passes"),
               ("table", ["Variant", "Branch", "Params before", "Params after", "Δ", "MACs before", "MACs after", "Δ"], rows)]
+    B += _pruned_structure(res)
     t, w = next(((t, rec[2]) for t, rec in recs.items() if rec[2] is not None), (None, None))
     ref_row = next((x for x in by_target.get(t, []) if x.r.variant == ref), None)
     cm, rm = (_metrics(res, w.r)[0] if w else None), (_metrics(res, ref_row.r)[0] if ref_row else None)
@@ -240,6 +241,21 @@ def _multimodal(res: Results, by_target, recs) -> list:
                       [C("Δ", "txt"), *(pts(cm.per_class_f1[c] - rm.per_class_f1[c]) if c in rm.per_class_f1 else "–" for c in cls)]]
         B += [("h3", f"Per-class F1 of the chosen variant ({w.r.variant} on {t})"), ("table", ["Class", *cls], lines)]
     return B
+
+
+def _pruned_structure(res: Results) -> list:
+    """Per layer, the attention heads and feed-forward width each prune pass removed (from its record)."""
+    rows = []
+    for n, v in res.variants.items():
+        for p in (p for p in v.passes if p.get("pass") == "prune"):
+            layers = dict.fromkeys([*(p.get("heads_removed") or {}), *(p.get("ffn_widths") or {})])
+            for layer in layers:
+                h, f = (p.get("heads_removed") or {}).get(layer), (p.get("ffn_widths") or {}).get(layer)
+                rows.append([C(n, "txt"), C(layer, "txt"),
+                             f"{h['before']} → {h['after']}" if h else "–", C(", ".join(map(str, h["removed"])), "txt") if h else "–",
+                             f"{f['before']} → {f['after']}" if f else "–"])
+    return [("h3", "Attention heads and FFN widths removed, per layer"),
+            ("table", ["Variant", "Layer", "Heads", "Heads removed (index)", "FFN width"], rows)] if rows else []
 
 
 def _trust(res: Results, by_target) -> list:

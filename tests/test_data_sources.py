@@ -477,3 +477,17 @@ def test_images_decode_at_their_own_precision_in_the_declared_mode(tmp_path):
     assert host["c"].shape == (1, 1, 6, 5)
     np.testing.assert_array_equal(host["c"][0], device)
     assert decode_image(str(tmp_path / "c.png"), "x", "RGB").dtype == np.uint8
+
+
+def test_the_same_files_under_another_input_name_are_not_mixed_up_by_the_cache(tmp_path):
+    """A cache entry holds arrays by input name: the same column decoded the same way for a model that names the
+    input differently (the cache is shared by every run on this machine) must still give that model's name."""
+    write_manifest(tmp_path, make_rows(tmp_path))
+    first = resolve(data_settings(), make_spec(), base_dir=tmp_path)
+    cols = {"image": "image", "audio": "wav", "words": "caption"}
+    pre = {"image": {"image": {"size": 8, "mean": 0.5, "std": 0.25}}, "words": {"text": {"vocab": VOCAB, "max_length": 6}}}
+    spec = make_spec().model_copy(update={"inputs": [i.model_copy(update={"name": "image"}) if i.name == "pixels" else i
+                                                     for i in make_spec().inputs]})
+    second = resolve(data_settings(columns=cols, preprocess=pre), spec, base_dir=tmp_path)
+    assert "image" in second.test.inputs and "pixels" not in second.test.inputs
+    np.testing.assert_array_equal(second.test.inputs["image"], first.test.inputs["pixels"])

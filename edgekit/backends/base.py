@@ -96,6 +96,17 @@ class Backend(ABC):
     @abstractmethod
     def load(self, artifact: Artifact, **settings) -> Runner: ...
 
+    @staticmethod
+    def importable(module: str, describe) -> tuple[bool, str]:
+        """available()'s answer for a runtime that is one Python package: (True, describe(module)) or why not."""
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 — a broken install is as unavailable as a missing one
+            return False, f"{module} not importable: {e}"
+        return True, describe(mod)
+
     def require(self) -> None:
         ok, why = self.available()
         if not ok:

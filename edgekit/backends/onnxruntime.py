@@ -83,11 +83,7 @@ class OnnxRuntimeBackend(Backend):
     install_hint = "pip install onnxruntime (or onnxruntime-gpu for CUDA)"
 
     def available(self):
-        try:
-            import onnxruntime as ort
-        except Exception as e:  # noqa: BLE001 — a broken install is as unavailable as a missing one
-            return False, f"onnxruntime not importable: {e}"
-        return True, f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}"
+        return self.importable("onnxruntime", lambda ort: f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}")
 
     def compile(self, onnx_path, spec, options, out_dir):
         """Options: threads (default: usable cores), optimization (disabled|basic|extended|all, default all),

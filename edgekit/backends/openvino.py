@@ -46,11 +46,7 @@ class OpenVINOBackend(Backend):
     install_hint = "pip install 'edgekit[openvino]'"
 
     def available(self):
-        try:
-            import openvino as ov
-        except Exception as e:  # noqa: BLE001 — a broken install is as unavailable as a missing one
-            return False, f"openvino not importable: {e}"
-        return True, f"openvino {ov.get_version()}, devices {', '.join(ov.Core().available_devices)}"
+        return self.importable("openvino", lambda ov: f"openvino {ov.get_version()}, devices {', '.join(ov.Core().available_devices)}")
 
     def compile(self, onnx_path, spec, options, out_dir):
         """Options: device (default CPU), precision (auto|fp32|fp16|int8; fp16 = weights stored as fp16 and an f16

@@ -269,7 +269,7 @@ def _decode(table, columns: dict, settings, spec, base_dir: Path, cache_dir) -> 
             parts += [table.digest, col]
         else:
             parts = None  # values in memory from a loader: nothing stable to key a cache entry on
-        key = cache.key_of(*parts) if parts else None
+        key = cache.key_of(name, *parts) if parts else None  # the entry holds arrays by input name: part of the key
         got = cache.load(key, cache_dir) if key else None
         if got is None:
             out, info = encode_column(name, pre, values, where.__getitem__)

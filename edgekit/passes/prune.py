@@ -27,13 +27,8 @@ from edgekit.errors import EdgekitError
 from edgekit.models.stats import model_stats
 from edgekit.passes.base import PassSettings
 from edgekit.passes.prune_graph import ConcatRecorder, free_parameters, lstm_pruner
-from edgekit.passes.prune_heads import (
-    find_attention,
-    find_ffn,
-    head_attributes,
-    prune_heads,
-    replay_heads,
-)
+from edgekit.passes.prune_heads import apply_heads, choose_heads, find_attention, find_ffn, head_attributes
+from edgekit.passes.prune_mha import resplit
 from edgekit.spec import ModelSpec
 
 IMPORTANCES = ("magnitude", "taylor")
@@ -223,8 +218,8 @@ def _prune_once(tp, model, inputs, ratio, *, per_branch, importance, heads, roun
         return per_branch[max(owners, key=len)] if owners else ratio
 
     remove_heads = heads in ("heads", "both") and "heads" in only
-    head_stage = prune_heads(model, lambda n: (head_ratio if head_ratio is not None else branch_ratio(n)) if remove_heads else 0.0,
-                             importance, skip)
+    head_stage = choose_heads(model, lambda n: (head_ratio if head_ratio is not None else branch_ratio(n)) if remove_heads else 0.0,
+                              importance, skip)
     attn, ffn = find_attention(model), {n: up for n, (up, _) in find_ffn(model).items() if not skip(n)}
     ignored = _output_layers(model, num_classes) + [model.get_submodule(n) for n in left_whole]
     ignored += [m for m in model.modules() if type(m) is nn.MultiheadAttention]  # not splittable (add_bias_kv): left whole
@@ -259,6 +254,7 @@ def _prune_once(tp, model, inputs, ratio, *, per_branch, importance, heads, roun
         concats.fix(tp, pruner.DG)
         for group in pruner.step(interactive=True):
             group.prune()
+    apply_heads(model, head_stage)  # after the channels, whose importance counted every head (see choose_heads)
     attrs = head_attributes(model)
     for name in attn:
         if name not in attrs:
@@ -373,7 +369,7 @@ def apply_plan(model: nn.Module, plan: list[dict], spec: ModelSpec) -> nn.Module
     inputs = example_inputs(spec)
     for stage in plan:
         try:
-            replay_heads(model, stage)  # heads first: the pass removed them before tracing its graph
+            resplit(model, stage.get("split_mha", []))  # the graph was traced on split attention with every head
             params = dict(model.named_parameters())
             unwrapped = [(params[n], d) for n, d in stage["unwrapped"]]
             named = {n for n, _ in stage["unwrapped"]}
@@ -387,6 +383,7 @@ def apply_plan(model: nn.Module, plan: list[dict], spec: ModelSpec) -> nn.Module
                                                            customized_pruners={nn.LSTM: lstm_pruner(tp)})
                 concats.fix(tp, dg)
                 dg.load_pruning_history(stage["history"])
+            apply_heads(model, stage)
         except (KeyError, AttributeError, IndexError, RuntimeError, ValueError) as e:
             raise EdgekitError(f"the saved pruning plan does not fit this model ({type(e).__name__}: {str(e)[:160]})",
                                "load it with the factory and config it was pruned from") from e

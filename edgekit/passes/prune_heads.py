@@ -197,32 +197,43 @@ def _record_in_hf_config(m: nn.Module, name: str, heads: int, drop: list[int]) -
     cfg.pruned_heads = pruned
 
 
-def prune_heads(model: nn.Module, ratio_of, importance: str = "magnitude", skip=lambda name: False) -> dict:
-    """Split every nn.MultiheadAttention outside `skip`, then remove round(ratio_of(name) * heads) of the
-    least important heads of each recognised attention module (at least one head stays). Returns the plan
-    stage that replay_heads repeats: {"split_mha": [paths], "heads": {path: [removed head indices]}}."""
+def choose_heads(model: nn.Module, ratio_of, importance: str = "magnitude", skip=lambda name: False) -> dict:
+    """Split every nn.MultiheadAttention outside `skip`, then choose round(ratio_of(name) * heads) of the least
+    important heads of each recognised attention module (at least one head stays), on the weights as they are.
+    Returns the plan stage: {"split_mha": [paths], "heads": {path: [head indices to remove]}}; nothing is removed
+    yet, so channel pruning that runs next still weighs every head's weights (as Torch-Pruning's own head
+    pruning did)."""
     split = split_torch_attention(model, skip)
-    removed = {}
+    chosen = {}
     for name, att in find_attention(model).items():
         if skip(name):
             continue
         n = min(round(ratio_of(name) * att.heads), att.heads - 1)
-        if n <= 0:
-            continue
-        order = torch.argsort(head_importance(att, importance), stable=True)
-        drop = sorted(int(i) for i in order[:n])
-        remove_heads(model, name, att, drop)
-        removed[name] = drop
-    return {"split_mha": split, "heads": removed}
+        if n > 0:
+            order = torch.argsort(head_importance(att, importance), stable=True)
+            chosen[name] = sorted(int(i) for i in order[:n])
+    return {"split_mha": split, "heads": chosen}
+
+
+def apply_heads(model: nn.Module, stage: dict) -> None:
+    """Remove the heads a stage chose (raises KeyError/ValueError if they do not fit the model)."""
+    if stage.get("heads"):
+        found = find_attention(model)
+        for name, drop in stage["heads"].items():
+            remove_heads(model, name, found[name], drop)
+
+
+def prune_heads(model: nn.Module, ratio_of, importance: str = "magnitude", skip=lambda name: False) -> dict:
+    """choose_heads, then remove them: heads alone, without channel pruning."""
+    stage = choose_heads(model, ratio_of, importance, skip)
+    apply_heads(model, stage)
+    return stage
 
 
 def replay_heads(model: nn.Module, stage: dict) -> None:
     """Repeat prune_heads' stage on a freshly built model (raises KeyError/ValueError if it does not fit)."""
     resplit(model, stage.get("split_mha", []))
-    if stage.get("heads"):
-        found = find_attention(model)
-        for name, drop in stage["heads"].items():
-            remove_heads(model, name, found[name], drop)
+    apply_heads(model, stage)
 
 
 def head_attributes(model: nn.Module) -> dict[str, dict]:
