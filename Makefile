@@ -8,7 +8,7 @@ FSDD ?= $(wildcard ../shared/data/fsdd)
 export EDGEKIT_FSDD ?= $(FSDD)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test example install clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,13 @@ demo: install
 	$(VENV)/bin/edgekit doctor
 	$(VENV)/bin/edgekit run recipes/quickstart.yaml
 
+# A user's own model and data (examples/own-model): what the user brings (files + a trained model), then the run.
+example: install
+	$(PY) examples/own-model/prepare.py
+	$(VENV)/bin/edgekit run examples/own-model/recipe.yaml
+
 test: install
-	$(VENV)/bin/ruff check edgekit tests benchmarks
+	$(VENV)/bin/ruff check edgekit tests benchmarks examples
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
