@@ -108,3 +108,18 @@ def test_manifest_path_reads_back_the_builtin_arrays(exported, fsdd):
         np.testing.assert_array_equal(mine.inputs["modality_mask"], builtin.inputs["modality_mask"])
         assert np.abs(mine.inputs["image"] - builtin.inputs["image"]).max() <= 16 / 65535 / 2 + 1e-5
         assert mine.without("audio").inputs["modality_mask"][:, 1].max() == 0  # the recipe's missing block
+
+
+def test_evaluate_through_the_manifest_gives_the_builtin_metrics(exported, tiny_checkpoint, fsdd):
+    """The round trip a user can run: `edgekit evaluate CK` on the built-in split and `--data recipe-data.yaml` on the
+    exported files give the same accuracy, macro-F1 and missing-modality accuracies."""
+    out, _ = exported
+    env = {"EDGEKIT_FSDD": fsdd} if fsdd else {}
+    builtin = run_cli("evaluate", tiny_checkpoint, "--json", env=env)
+    files = run_cli("evaluate", tiny_checkpoint, "--data", out / "recipe-data.yaml", "--json", env=env)
+    assert builtin.returncode == 0 and files.returncode == 0, builtin.stderr + files.stderr
+    a, b = json.loads(builtin.stdout), json.loads(files.stdout)
+    for key in ("accuracy", "f1_macro", "missing_modality_accuracy"):
+        assert a[key] == pytest.approx(b[key], abs=0.002), key
+    bad = run_cli("evaluate", tiny_checkpoint, "--data", out / "missing.yaml")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
