@@ -107,7 +107,8 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
         ctx = Context(spec, model, train, val, test, calibration, recipe, progress)
         stages = Stages(out, force=([f"compress/{n}" for n in only] if only else ["compress"]) if force else [])
         src_files = [p for p in (Path(source) / "model.safetensors", Path(source) / "config.json") if p.exists()]
-        common = {"recipe_data": recipe.data.model_dump(), "calibration": cal.model_dump(), "targets": [t.model_dump() for t in recipe.targets]}
+        common = {"recipe_data": recipe.data.model_dump(), "calibration": cal.model_dump(), "targets": [t.model_dump() for t in recipe.targets],
+                  "eval_samples": eval_samples["sha256"]}  # the data's files changed under the same settings: redo
 
         results: dict[str, dict] = {}
         variants: dict[str, Variant] = {}

@@ -64,7 +64,7 @@ def image_preprocess(lo: float, hi: float) -> dict:
 
 
 def data_section(manifest: Path, lo: float, hi: float) -> dict:
-    """The recipe `data:` section for an exported folder (see /tmp/brief/data-schema.md, issue 15)."""
+    """The recipe `data:` section for an exported folder (README: Your model, your data)."""
     from edgekit.data.avdigits import DIGITS, SEQ_LEN, VOCAB
 
     return {
