@@ -205,11 +205,12 @@ def user_code_error(exc: BaseException, *, ref: str, what: str, origin: str = ""
                         "this is an error in that code, not in edgekit; fix it there (EDGEKIT_DEBUG=1 shows the traceback)")
 
 
-def call_user_code(fn, *args, ref: str, what: str, origin: str = "", called_as: str = "", **kwargs):
-    """fn(*args, **kwargs) for a user's factory/loader: what it raises becomes a one-line error naming its file and
-    line; a call that does not fit its signature says how edgekit calls it (`called_as`, e.g. 'build(config: dict)')."""
+def call_user_code(fn, args: tuple = (), kwargs: dict | None = None, *, ref: str, what: str, origin: str = "", called_as: str = ""):
+    """fn(*args, **kwargs) for a user's factory/loader (its arguments apart from ours, so a loader option may be named
+    like one of them): what it raises becomes a one-line error naming its file and line; a call that does not fit its
+    signature says how edgekit calls it (`called_as`, e.g. 'build(config: dict)')."""
     try:
-        return fn(*args, **kwargs)
+        return fn(*args, **(kwargs or {}))
     except EdgekitError:
         raise
     except TypeError as e:

@@ -40,7 +40,7 @@ def resolve_factory(ref: str, origin: str = ""):
         return factory
 
     def build(config):
-        model = call_user_code(factory, config, ref=ref, what="model factory", origin=origin, called_as=FACTORY_CALL)
+        model = call_user_code(factory, (config,), ref=ref, what="model factory", origin=origin, called_as=FACTORY_CALL)
         if not isinstance(model, nn.Module):
             raise EdgekitError(f"model factory '{ref}'{f' (from {origin})' if origin else ''} returned a {type(model).__name__}, not a torch.nn.Module",
                                f"edgekit calls a model factory as {FACTORY_CALL}")

@@ -491,3 +491,21 @@ def test_the_same_files_under_another_input_name_are_not_mixed_up_by_the_cache(t
     second = resolve(data_settings(columns=cols, preprocess=pre), spec, base_dir=tmp_path)
     assert "image" in second.test.inputs and "pixels" not in second.test.inputs
     np.testing.assert_array_equal(second.test.inputs["image"], first.test.inputs["pixels"])
+
+
+def test_loader_options_may_be_named_like_edgekits_own_arguments(tmp_path):
+    """A loader is called as loader(**options): an option called `ref`, `what`, `origin` or `called_as` is the
+    loader's, not a clash with how edgekit reports the user's code."""
+    from edgekit._optional import trusted
+
+    (tmp_path / "named_loader.py").write_text(
+        "import numpy as np\n"
+        "def load(ref, what, origin, called_as):\n"
+        "    assert (ref, what, origin, called_as) == (1, 2, 3, 4)\n"
+        "    return [({'feats': np.full((4,), i, np.float32)}, ['cat', 'dog', 'bird'][i % 3]) for i in range(30)]\n")
+    d = parse_recipe({"variants": [{"name": "a"}], "data": {"format": "python", "loader": "named_loader:load",
+                                                            "options": {"ref": 1, "what": 2, "origin": 3, "called_as": 4}}}).data
+    spec = ModelSpec(inputs=[InputSpec(name="feats", shape=[None, 4])], outputs=[OutputSpec(shape=[None, 3])], class_names=CLASSES)
+    with trusted(["named_loader:load"], origin="recipe.yaml", base_dir=tmp_path):
+        s = resolve(d, spec, origin="recipe.yaml")
+    assert len(s.train) + len(s.val) + len(s.test) == 30

@@ -163,7 +163,7 @@ def read_python(settings, origin: str) -> Table:
     ref = settings.loader
     what = "data loader"
     fn = import_reference(ref, what=what, origin=origin)
-    got = call_user_code(fn, ref=ref, what=what, origin=origin, called_as=LOADER_SIGNATURE, **settings.options)
+    got = call_user_code(fn, (), settings.options, ref=ref, what=what, origin=origin, called_as=LOADER_SIGNATURE)
     if isinstance(got, dict):
         unknown = [k for k in got if SPLIT_NAMES.get(str(k).lower()) is None]
         if unknown:
