@@ -14,50 +14,28 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from edgekit import passes
 from edgekit.data.settings import AvdigitsData, DataSettings  # `data:`: one schema per source format
 from edgekit.errors import EdgekitError
+from edgekit.schema import OneOf, Strict
 from edgekit.spec import InputSpec
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
 
 # ---------------------------------------------------------------- passes
 
 PASS_NAMES = passes.names()
 
 
-class _OnePass(_Strict):
+class _OnePass(OneOf):
     """One pass: a mapping with exactly one key, e.g. {prune: {ratio: 0.3}}; `quantize:` alone uses defaults.
     PassStep below adds one optional field per registered pass (edgekit.passes), typed by that pass's Settings."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_defaults(cls, v):
-        if isinstance(v, str) and v in PASS_NAMES:
-            return {v: {}}
-        if isinstance(v, dict):
-            return {k: ({} if s is None else s) for k, s in v.items()}
-        return v
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        given = [n for n in PASS_NAMES if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(f"each pass is one of {', '.join(PASS_NAMES)} (got {given or 'none'})")
-        return self
+    CHOICES = PASS_NAMES
+    WHAT = "each pass"
 
     @property
     def name(self) -> str:
-        return next(n for n in PASS_NAMES if getattr(self, n) is not None)
-
-    @property
-    def settings(self) -> BaseModel:
-        return getattr(self, self.name)
+        return self.choice
 
 
 PassStep = create_model("PassStep", __base__=_OnePass, __module__=__name__, __doc__=_OnePass.__doc__,
@@ -66,7 +44,7 @@ PassStep = create_model("PassStep", __base__=_OnePass, __module__=__name__, __do
 
 # ---------------------------------------------------------------- the rest of a recipe
 
-class Budget(_Strict):
+class Budget(Strict):
     max_accuracy_drop: float = Field(1.0, ge=0, description="allowed drop vs the float model, in accuracy points")
     metric: Literal["accuracy", "f1_macro"] = "accuracy"
 
@@ -74,21 +52,21 @@ class Budget(_Strict):
 REFERENCE_VARIANT = "fp32"
 
 
-class VariantSettings(_Strict):
+class VariantSettings(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     start_from: Optional[str] = Field(None, alias="from", description="start from another variant's result instead of the original")
     passes: list[PassStep] = Field(default_factory=list)
     budget: Optional[Budget] = Field(None, description="overrides the recipe's budget for this variant")
 
 
-class TrainSource(_Strict):
+class TrainSource(Strict):
     preset: Literal["tiny", "base"] = "tiny"
     fusion: Literal["early", "late", "hierarchical", "attention"] = "attention"
     text: Literal["transformer", "lstm"] = "transformer"
     epochs: Optional[int] = Field(None, ge=1)
 
 
-class ModelSource(_Strict):
+class ModelSource(Strict):
     """Either an edgekit checkpoint, a reference model to train, or a user model: factory + weights."""
     checkpoint: Optional[str] = None
     train: Optional[TrainSource] = None
@@ -108,7 +86,7 @@ class ModelSource(_Strict):
         return self
 
 
-class CalibrationSettings(_Strict):
+class CalibrationSettings(Strict):
     """A named definition from calibration/ (`calibration: NAME`) and/or inline settings (these win)."""
     name: Optional[str] = None
     description: str = ""
@@ -124,7 +102,7 @@ class CalibrationSettings(_Strict):
         return {"name": v} if isinstance(v, str) else v
 
 
-class TargetSettings(_Strict):
+class TargetSettings(Strict):
     backend: Literal["onnxruntime", "openvino", "tensorrt"]
     name: Optional[str] = Field(None, description="label in reports (default: backend, plus host)")
     host: Optional[str] = Field(None, description="ssh://user@host[:port] to build and run on a device")
@@ -142,7 +120,7 @@ class TargetSettings(_Strict):
         return self.name or (f"{self.backend}@{self.host[6:]}" if self.host else self.backend)
 
 
-class BenchSettings(_Strict):
+class BenchSettings(Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
     warmup: int = Field(20, ge=0)
     min_iterations: int = Field(100, ge=1)
@@ -150,7 +128,7 @@ class BenchSettings(_Strict):
     threads: Optional[int] = Field(None, ge=1)
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str = ""
     description: str = ""
     model: Optional[ModelSource] = Field(None, description="optional: `edgekit compress CHECKPOINT` gives it")

@@ -33,7 +33,9 @@ FSDD_RE = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+    from edgekit.data.cache import cache_root
+
+    return cache_root()
 
 
 def resolve_fsdd(fsdd) -> Path | None:

@@ -21,11 +21,6 @@ def cache_root(cache_dir=None) -> Path:
     return Path(cache_dir or os.environ.get("EDGEKIT_CACHE") or Path.home() / ".cache" / "edgekit")
 
 
-def file_digest(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def key_of(*parts) -> str:
     """A short stable key from JSON-able parts (settings, file digests, strings)."""
     h = hashlib.sha256(json.dumps([VERSION, *parts], sort_keys=True, default=str).encode())

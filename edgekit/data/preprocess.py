@@ -106,7 +106,6 @@ def hf_tokenize(texts: list[str], pre: dict, tokenizer=None) -> tuple[np.ndarray
 
 # Pillow modes that hold one channel of more than 8 bits: read as they are (uint16 / int32 / float32), never
 # squeezed through 8-bit RGB, so a 16-bit PNG keeps all 65536 levels (divide by them with `scale: 65535`).
-WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 GREY_MODES = ("1", "L", "LA", "La")
 
 
@@ -150,7 +149,7 @@ def _native_pixels(im) -> np.ndarray:
     """[H, W] for grey images (8-bit, 16-bit, int32, float), [H, W, 3] uint8 for everything else (alpha dropped)."""
     if im.mode in WIDE_GREY_DTYPES:
         return np.asarray(im).astype(WIDE_GREY_DTYPES[im.mode])
-    if im.mode in ("1", "L", "LA", "La"):
+    if im.mode in GREY_MODES:
         return np.asarray(im.convert("L"))
     return np.asarray(im.convert("RGB"))
 

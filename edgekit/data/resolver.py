@@ -244,6 +244,7 @@ def _decode(table, columns: dict, settings, spec, base_dir: Path, cache_dir) -> 
     from edgekit.data import cache
     from edgekit.data.preprocess import encode_column, infer_kind, recorded
     from edgekit.data.settings import InputPreprocess
+    from edgekit.io import file_sha256
 
     arrays, preprocess, truncated, hits = {}, {}, {}, {"cache_hits": 0, "decoded": 0}
     for name, col in columns.items():
@@ -262,7 +263,7 @@ def _decode(table, columns: dict, settings, spec, base_dir: Path, cache_dir) -> 
         if kind in ("image", "audio", "array") and all(isinstance(v, str) for v in values) and table.base is not None:
             values = _files(values, table, col)
             where = [f"{w}, file {table.rows[i][col]}" for i, w in enumerate(table.where)]
-            parts.append(table.digest or [cache.file_digest(v) for v in values])
+            parts.append(table.digest or [file_sha256(v) for v in values])
         elif kind == "text":
             parts += [values, _folder_digest(pre["text"].get("tokenizer"))]
         elif table.digest:
@@ -302,9 +303,10 @@ def _files(values: list[str], table, col: str) -> list[str]:
 def _folder_digest(folder) -> str | None:
     if not folder:
         return None
-    from edgekit.data.cache import file_digest, key_of
+    from edgekit.data.cache import key_of
+    from edgekit.io import file_sha256
 
-    return key_of([(str(f.relative_to(folder)), file_digest(f)) for f in sorted(Path(folder).rglob("*")) if f.is_file()])
+    return key_of([(str(f.relative_to(folder)), file_sha256(f)) for f in sorted(Path(folder).rglob("*")) if f.is_file()])
 
 
 def _fit_to_model(arrays: dict, spec, table, columns: dict, preprocess: dict) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
+
+from edgekit.schema import OneOf, Strict
 
 FORMATS = ("avdigits", "manifest", "hf", "python")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 def _pair(v):
@@ -24,7 +24,7 @@ def _listed(v):
 
 # ---------------------------------------------------------------- per-input preprocessing
 
-class ImagePreprocess(_Strict):
+class ImagePreprocess(Strict):
     """Decode (PNG/JPEG), colour mode, bilinear resize, / scale, (x - mean) / std per channel, layout."""
     size: Optional[list[int]] = Field(None, min_length=2, max_length=2, description="[height, width]; default: the model input's")
     mode: Literal["RGB", "L"] = "RGB"
@@ -44,7 +44,7 @@ class ImagePreprocess(_Strict):
         return v
 
 
-class AudioPreprocess(_Strict):
+class AudioPreprocess(Strict):
     """Decode (WAV, any sample rate), resample, log-mel or MFCC over a fixed window, (x - mean) / std."""
     sample_rate: int = Field(8000, gt=0)
     features: Literal["log_mel", "mfcc"] = "log_mel"
@@ -63,7 +63,7 @@ class AudioPreprocess(_Strict):
         return self
 
 
-class TextPreprocess(_Strict):
+class TextPreprocess(Strict):
     """A local Hugging Face tokenizer folder, or a word-level vocabulary; padded/truncated to max_length."""
     tokenizer: Optional[str] = Field(None, description="a local Hugging Face tokenizer folder (offline)")
     vocab: Optional[list[str]] = Field(None, min_length=2, description="word-level: words a-z, id = position")
@@ -82,60 +82,42 @@ class TextPreprocess(_Strict):
         return self
 
 
-class ArrayPreprocess(_Strict):
+class ArrayPreprocess(Strict):
     """Pre-computed arrays (.npy files or array values), used as they are (cast to the model input's dtype)."""
 
 
 KINDS = ("image", "audio", "text", "array")
 
 
-class InputPreprocess(_Strict):
+class InputPreprocess(OneOf):
     """Exactly one of image / audio / text / array; `array:` alone means {}."""
+    CHOICES = KINDS
+    WHAT = "each input's preprocessing"
     image: Optional[ImagePreprocess] = None
     audio: Optional[AudioPreprocess] = None
     text: Optional[TextPreprocess] = None
     array: Optional[ArrayPreprocess] = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_defaults(cls, v):
-        if isinstance(v, str) and v in KINDS:
-            return {v: {}}
-        if isinstance(v, dict):
-            return {k: ({} if s is None else s) for k, s in v.items()}
-        return v
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        given = [k for k in KINDS if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"each input's preprocessing is one of {', '.join(KINDS)} (got {given or 'none'})")
-        return self
-
     @property
     def kind(self) -> str:
-        return next(k for k in KINDS if getattr(self, k) is not None)
-
-    @property
-    def settings(self) -> BaseModel:
-        return getattr(self, self.kind)
+        return self.choice
 
 
 # ---------------------------------------------------------------- missing modalities, splits
 
-class MaskColumn(_Strict):
+class MaskColumn(Strict):
     input: str = "modality_mask"
     column: int = Field(ge=0)
 
 
-class MissingModality(_Strict):
+class MissingModality(Strict):
     """How a modality is absent for this model: its inputs are zeros (an all-zero attention_mask for text) and,
     with `mask`, a column of a mask input is 0."""
     inputs: list[str] = Field(min_length=1)
     mask: Optional[MaskColumn] = None
 
 
-class SplitSettings(_Strict):
+class SplitSettings(Strict):
     """Fractions carved from one set, stratified by class (used when the source has no splits of its own)."""
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
@@ -150,7 +132,7 @@ class SplitSettings(_Strict):
 
 # ---------------------------------------------------------------- sources
 
-class _DataBase(_Strict):
+class _DataBase(Strict):
     seed: int = 0
     missing: dict[str, Union[Literal["never"], MissingModality]] = Field(default_factory=dict,
                                                                          description="modality -> how it is absent, or 'never'")

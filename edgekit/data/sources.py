@@ -32,6 +32,13 @@ def _shown(p: Path, base_dir: Path) -> str:
         return str(p)
 
 
+def _data_path(settings, base_dir: Path) -> tuple[Path, str]:
+    """data.path resolved against the recipe's folder, and how messages show it."""
+    p = Path(settings.path).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    return p, _shown(p, base_dir)
+
+
 def _split_of(value, where: str, column: str) -> str:
     s = SPLIT_NAMES.get(str(value).strip().lower())
     if s is None:
@@ -52,9 +59,7 @@ def _check_columns(row: dict, where: str, columns: dict[str, str], label: str, s
 # ---------------------------------------------------------------- manifest
 
 def read_manifest(settings, base_dir: Path) -> Table:
-    p = Path(settings.path).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    shown = _shown(p, base_dir)
+    p, shown = _data_path(settings, base_dir)
     if not p.is_file():
         raise EdgekitError(f"manifest {shown} does not exist", "data.path is resolved against the recipe's folder; give a .jsonl or .csv file")
     suffix = p.suffix.lower()
@@ -93,11 +98,10 @@ def read_manifest(settings, base_dir: Path) -> Table:
 
 def read_hf(settings, base_dir: Path) -> Table:
     from edgekit._optional import require
-    from edgekit.data.cache import file_digest, key_of
+    from edgekit.data.cache import key_of
+    from edgekit.io import file_sha256
 
-    p = Path(settings.path).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    shown = _shown(p, base_dir)
+    p, shown = _data_path(settings, base_dir)
     if not p.exists():
         raise EdgekitError(f"Hugging Face dataset {shown} does not exist", "give a save_to_disk folder or parquet file(s); resolved against the recipe's folder")
     wanted = list(dict.fromkeys([*settings.columns.values(), settings.label] + ([settings.split_column] if settings.split_column else [])))
@@ -146,7 +150,7 @@ def read_hf(settings, base_dir: Path) -> Table:
             splits.append(_split_of(row[settings.split_column], where[-1], settings.split_column) if settings.split_column else s)
     if not rows:
         raise EdgekitError(f"Hugging Face dataset {shown} has no rows", "one row per sample")
-    digest = key_of("hf", [file_digest(f) for f in files])
+    digest = key_of("hf", [file_sha256(f) for f in files])
     return Table(shown, rows, [r[settings.label] for r in rows], where, splits, base=p if p.is_dir() else p.parent, digest=digest)
 
 

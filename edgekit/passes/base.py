@@ -6,12 +6,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict
+from edgekit.schema import Strict
 
 
-class PassSettings(BaseModel):
+class PassSettings(Strict):
     """Base of every pass's settings: an unknown key is an error naming the allowed ones, never silently ignored."""
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 @contextmanager
