@@ -79,7 +79,6 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
     from edgekit.data.calibration import check as check_calibration, describe
     from edgekit.rundir import RunLock, Stages, stage_key
 
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     recipe = recipe.model_copy(update={"calibration": resolve_calibration(recipe.calibration)})
     out = Path(out_dir)
     if only:
@@ -121,7 +120,7 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
                              "start": results.get(start, {}).get("key")}, *src_files)
             if stages.done(f"compress/{name}", key):
                 console.print(f"[dim]{name}: unchanged since the last run, reusing {vdir}[/]")
-                results[name] = _read_json(vdir / "metrics.json")
+                results[name] = read_json(vdir / "metrics.json")
                 variants[name] = None  # loaded lazily if a later variant starts from it
                 continue
             t0 = time.time()
@@ -157,7 +156,7 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
             results[name] = metrics
         for name in [REFERENCE_VARIANT] + [v.name for v in recipe.variants]:  # variants not redone this time (--variant)
             if name not in results and (out / "variants" / name / "metrics.json").exists():
-                results[name] = _read_json(out / "variants" / name / "metrics.json")
+                results[name] = read_json(out / "variants" / name / "metrics.json")
         order = [REFERENCE_VARIANT] + [v.name for v in recipe.variants]
         results = {n: results[n] for n in order if n in results}
         summary = {"stage": "compress", "source": str(source), "recipe": recipe.name, "data": splits.describe(), "eval_samples": eval_samples, "calibration": describe(calibration, spec.class_names),
@@ -179,7 +178,7 @@ def _needed_by(name: str, only: list[str], recipe: Recipe) -> bool:
     return False
 
 
-def _read_json(p: Path) -> dict:
+def read_json(p: Path) -> dict:
     import json
 
     return json.loads(p.read_text())

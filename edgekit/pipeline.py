@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.compress import compress
+from edgekit.compress import compress, read_json
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json, slug
 from edgekit.judge import budget_of
@@ -176,7 +176,7 @@ class _LocalTarget:
                 stages.mark(f"measure/{t.label}/{name}", mkey, [tdir / "result.json"])
             else:
                 console.print(f"[dim]  {name} on {t.label}: unchanged since the last run, reusing {tdir / 'result.json'}[/]")
-            return _read_json(tdir / "result.json")
+            return read_json(tdir / "result.json")
         except EdgekitError as e:
             reason = f"{e.message} ({e.hint})" if e.hint else e.message
             console.print(f"[red]  {name} on {t.label} failed:[/] {reason}", highlight=False)
@@ -206,7 +206,7 @@ class _RemoteTarget:
         except EdgekitError as e:
             s = {"status": "failed", "reason": e.message, "variants": {}}
         if s.get("results_dir") and (Path(s["results_dir"]) / "fingerprint.json").exists():
-            info["fingerprint"] = _read_json(Path(s["results_dir"]) / "fingerprint.json")
+            info["fingerprint"] = read_json(Path(s["results_dir"]) / "fingerprint.json")
         if s.get("status") != "ok" and not s.get("variants"):
             info.update(status="failed", reason=s.get("reason") or "failed")
         self.summary = s
@@ -280,12 +280,6 @@ def _assemble(recipe: Recipe, summary: dict, targets: dict, rows: list, out: Pat
            "commands": [shlex.join(cmd)], "recipe": _read_yaml(out / "recipe.resolved.yaml")}
     return results_document(run, budget_record(recipe.budget.max_accuracy_drop, recipe.budget.metric), REFERENCE_VARIANT,
                             {"name": recipe.calibration.name or "", **cal}, variants, targets, rows)
-
-
-def _read_json(p: Path) -> dict:
-    import json
-
-    return json.loads(p.read_text())
 
 
 def _read_yaml(p: Path) -> dict:

@@ -25,7 +25,6 @@ from torch import nn
 
 from edgekit.passes.prune_mha import (
     SplitMultiheadAttention,
-    resplit,
     split_torch_attention,
 )
 
@@ -228,12 +227,6 @@ def prune_heads(model: nn.Module, ratio_of, importance: str = "magnitude", skip=
     stage = choose_heads(model, ratio_of, importance, skip)
     apply_heads(model, stage)
     return stage
-
-
-def replay_heads(model: nn.Module, stage: dict) -> None:
-    """Repeat prune_heads' stage on a freshly built model (raises KeyError/ValueError if it does not fit)."""
-    resplit(model, stage.get("split_mha", []))
-    apply_heads(model, stage)
 
 
 def head_attributes(model: nn.Module) -> dict[str, dict]:
