@@ -14,13 +14,15 @@ Every row is compiled/loaded with the same runtime settings (threads, the backen
 whole avdigits test split (accuracy, macro-F1), and timed with edgekit's bench protocol (edgekit.agent.measure, inputs
 bound once with Runner.bind) at batch 1 (p50, p99) and batch 8 (throughput). The timing runs in interleaved rounds —
 B0, B1, B2, E, then again, --rounds times — and pools the per-round samples, so a change in machine load hits
-every row alike; the ratios E/B0, E/B1, E/B2 (same backend) come from the same pooled run. Then a per-layer
+every row alike; the ratios E/B0, E/B1, E/B2 (same backend) come from the same pooled run, each with a 95%
+interval (bootstrap over the rounds) and the verdict of the rule `edgekit run` and its report apply
+(edgekit.judge.SPEED_RULE): faster only when the interval's lower end is above 1.0. Then a per-layer
 profile of E on each backend (edgekit.profile) shows where its time goes. The rows, the timing and the results
 section are edgekit.baselines; this script is its command line.
 
 Acceptance targets are not built in: give them with --target-speedup-vs-b2, --target-speedup-vs-b1 and
---target-max-drop-pt (the numbers the issue or the release asks for) to have each marked met / NOT met;
-without them the script reports the ratios only.
+--target-max-drop-pt (the numbers the issue or the release asks for) to have each marked met / NOT met (a speed
+target is met when the interval's lower end is above it); without them the script reports the ratios only.
 
     python benchmarks/baselines.py --checkpoint runs/ref/base-attention --run runs/cpu-openvino [--out DIR]
     python benchmarks/baselines.py --checkpoint CK --variant runs/cpu-openvino/variants/pruned-kd-int8 --out DIR
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="E as a variant directory (with model.onnx) or an ONNX file, for every backend or for BACKEND only (repeatable); overrides --run's recommendation")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/baselines)")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: onnxruntime,openvino (default both)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5; at least 3 for an interval)")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row, batch size and round (default 2)")
     ap.add_argument("--min-iterations", type=int, default=10, help="timed calls per row, batch size and round at least (default 10)")
     ap.add_argument("--warmup", type=int, default=20, help="warm-up calls before a row's first round (later rounds: a quarter)")
@@ -161,20 +163,27 @@ def _verdict(entry: dict, unit: str) -> str:
     return f" ({'met' if entry['met'] else 'NOT met'}, target {entry['target']}{unit})"
 
 
+def _ci(entry: dict) -> str:
+    """` (95% CI 1.9–2.3x, faster)`: the interval and verdict of a speedup entry (standing or ratios)."""
+    ci = entry.get("ci95") or entry.get("speedup_p50_b1_ci95")
+    return f" (95% CI {ci[0]:.2f}-{ci[1]:.2f}x, {entry.get('verdict')})" if ci else f" ({entry.get('verdict') or 'not judged'})"
+
+
 def note_text(doc: dict) -> str:
     m = doc["machine"]
     isa = ", ".join(k for k, v in m["cpu"]["isa"].items() if v) or "none recorded"
     parts = [f"One process on {m['cpu']['model']} ({m['cpu']['usable_cores']} usable cores; ISA: {isa}); "
              f"{doc['protocol']['rounds']} interleaved rounds (B0, B1, B2, E) of {doc['protocol']['seconds']:g} s per row and batch size, "
              f"samples pooled; load average {m['load_before'][0]:.2f} before, {m['load_after'][0]:.2f} after. "
-             "p50/p99 at batch 1, throughput at batch 8 (samples/s); speedup_vs_X = X's p50 / this row's p50 (X on the same backend). "
+             "p50/p99 at batch 1, throughput at batch 8 (samples/s); speedup_vs_X = X's p50 / this row's p50 (X on the same backend), "
+             "with its 95% interval (bootstrap over the rounds): faster only when the interval's lower end is above 1.0. "
              f"Accuracy on {doc['test_samples']} test samples."]
     for backend, t in doc["standing"].items():
         def f(k):
             v = t[k]["value"]
-            return "n/a" if v is None else f"{v:.2f}x{_verdict(t[k], 'x')}"
+            return "n/a" if v is None else f"{v:.2f}x{_ci(t[k])}{_verdict(t[k], 'x')}"
         acc = t["accuracy_drop_vs_fp32_pt"]
-        int8 = "; ".join(f"{n} {v['speedup_vs_B1']:.2f}x vs FP32" for n, v in t["int8_faster_than_fp32"].items() if v["speedup_vs_B1"] is not None)
+        int8 = "; ".join(f"{n} {v['speedup_vs_B1']:.2f}x vs FP32{_ci(v)}" for n, v in t["int8_faster_than_fp32"].items() if v["speedup_vs_B1"] is not None)
         b2u = f", vs B2u {t['speedup_vs_B2u']['value']:.2f}x" if "speedup_vs_B2u" in t else ""
         drop = "n/a" if acc["value"] is None else f"{acc['value']:.2f} pt"
         parts.append(f"{backend}: E = {t['E']}: vs B2 {f('speedup_vs_B2')}, vs B1 {f('speedup_vs_B1')}{b2u}, accuracy drop "
@@ -188,10 +197,10 @@ def print_table(doc: dict) -> None:
     from edgekit.ui import console
 
     t = Table("row", "backend", "prec", "acc", "F1", "p50 ms", "p99 ms", "b8 /s", "size MB", "vs B0", "vs B1", "vs B2", "vs B2u", "CV b1",
-              title=f"baselines vs edgekit ({doc['protocol']['rounds']} interleaved rounds, batch 1 latency, batch 8 throughput)")
+              title=f"baselines vs edgekit ({doc['protocol']['rounds']} interleaved rounds, batch 1 latency, batch 8 throughput; speedup ~: no measurable difference, -: slower)")
     for r in doc["rows"]:
         ra = r["ratios"]
-        sp = lambda k: f"{ra[k]['speedup_p50_b1']:.2f}x" if k in ra else ""  # noqa: E731
+        sp = lambda k: f"{ra[k]['speedup_p50_b1']:.2f}x" + ("" if ra[k]["verdict"] == "faster" else " ~" if ra[k]["verdict"] != "slower" else " -") if k in ra else ""  # noqa: E731
         s1 = r["latency_ms"]["1"]
         t.add_row(r["name"], r["backend"], r["precision"], f"{100 * r['metrics']['accuracy']:.1f}", f"{100 * r['metrics']['f1_macro']:.1f}",
                   f"{s1['median']:.3f}", f"{s1['p99']:.3f}", f"{r['throughput']['8']:.0f}", f"{r['size_bytes'] / 1e6:.2f}",
@@ -203,15 +212,16 @@ def print_table(doc: dict) -> None:
             v = tg[k]
             if v["value"] is not None:
                 target = f" (target >= {v['target']}x):" if "target" in v else ""
-                console.print(f"{backend}: E ({tg['E']}) {k.replace('_', ' ')} = {v['value']:.2f}x{target}{mark[v.get('met')]}", highlight=False)
+                console.print(f"{backend}: E ({tg['E']}) {k.replace('_', ' ')} = {v['value']:.2f}x{_ci(v)}{target}{mark[v.get('met')]}", highlight=False)
         if "speedup_vs_B2u" in tg:
-            console.print(f"{backend}: E ({tg['E']}) speedup vs B2u = {tg['speedup_vs_B2u']['value']:.2f}x", highlight=False)
+            console.print(f"{backend}: E ({tg['E']}) speedup vs B2u = {tg['speedup_vs_B2u']['value']:.2f}x{_ci(tg['speedup_vs_B2u'])}", highlight=False)
         a = tg["accuracy_drop_vs_fp32_pt"]
         if a["value"] is not None:
             budget = f" (budget {a['target']} pt):" if "target" in a else ""
             console.print(f"{backend}: E accuracy drop vs FP32 = {a['value']:.2f} pt{budget}{mark[a.get('met')]}", highlight=False)
         for name, v in tg["int8_faster_than_fp32"].items():
-            console.print(f"{backend}: {name} vs FP32 (B1) = {v['speedup_vs_B1']:.2f}x: " + ("[green]INT8 faster[/]" if v["met"] else "[red]INT8 NOT faster[/]"), highlight=False)
+            console.print(f"{backend}: {name} vs FP32 (B1) = {v['speedup_vs_B1']:.2f}x{_ci(v)}: "
+                          + ("[green]INT8 faster[/]" if v["met"] else "[red]INT8 not measurably faster[/]"), highlight=False)
 
 
 def _jsonable_row(r: dict) -> dict:

@@ -33,6 +33,36 @@ def available(module: str) -> tuple[bool, str]:
         return False, f"{module} not importable: {e}"
 
 
+# ---------------------------------------------------------------- import noise
+# What third-party libraries log on import that a user cannot act on: (logger, message pattern). The CLI hides
+# exactly these unless -v; anything else they log still shows.
+IMPORT_NOISE_LOGS = [
+    ("torchao", r"Failed to load .*\.so"),  # its CUDA/mxfp8 kernels, on a CPU-only torch
+    ("torchao.kernel.intmm", r".*Detected no triton"),
+    ("torch.utils._pytree", r".*Enum subclass .*register_constant"),  # torchao registers enums the old way
+]
+
+
+class _DropMatching:
+    """A logging filter that drops the records whose message matches `pattern`."""
+
+    def __init__(self, pattern: str):
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def silence_import_noise() -> None:
+    """Hide IMPORT_NOISE_LOGS for the rest of the process (idempotent)."""
+    import logging
+
+    for name, pattern in IMPORT_NOISE_LOGS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.pattern.pattern == pattern for f in log.filters):
+            log.addFilter(_DropMatching(pattern))
+
+
 # ---------------------------------------------------------------- code references ('package.module:attr')
 # A reference read from a file (a checkpoint's config.json `factory`, a recipe's `model.factory` or `data.loader`)
 # names code to import and call. Importing a module runs it, so nothing is imported before the reference is

@@ -15,7 +15,6 @@ results.json `baselines` section (its schema: edgekit.results). benchmarks/basel
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -123,7 +122,9 @@ def compile_plain(backend: str, onnx_path: Path, spec, out_dir: Path, options: d
     loses accuracy is a result to report, not an error."""
     from edgekit.backends.base import get_backend
 
-    return get_backend(backend).compile(onnx_path, spec, options or {}, out_dir)
+    art = get_backend(backend).compile(onnx_path, spec, options or {}, out_dir)
+    art.save()
+    return art
 
 
 def build_rows(model, spec, checkpoint: Path, backends: list[str], calib_items: list[dict], out: Path, threads: int | None = None,
@@ -198,33 +199,34 @@ def load_and_evaluate(rows: list[dict], test, class_names, threads: int | None =
 # ---------------------------------------------------------------- timing and ratios
 
 def time_interleaved(rows: list[dict], spec, rounds: int, seconds: float, min_iterations: int, warmup: int, say=print) -> None:
-    """Interleaved rounds: every row at batch 1 and 8, in order, `rounds` times; samples pooled per row and batch,
-    so a change in machine load hits every row alike."""
-    from edgekit.agent import measure as latency
+    """Interleaved rounds (edgekit.agent.measure.time_rounds, as `edgekit run` times a target's variants): every row
+    at batch 1 and 8, in order, `rounds` times; samples pooled per row and batch, so a change in machine load hits
+    every row alike. `seconds` and `min_iterations` are per row, batch size and round."""
+    from edgekit.agent import measure
 
-    for r in rows:
-        r["calls"] = {b: r["runner"].bind(spec.example_inputs(b, 0)) for b in (1, 8)}
-        r["times"] = {1: [], 8: []}
-        r["round_medians_ms"] = {1: [], 8: []}
-    for k in range(rounds):
-        t0 = time.perf_counter()
-        for r in rows:
-            for b in (1, 8):
-                warm = warmup if k == 0 else max(1, warmup // 4)
-                t = latency.measure(r["calls"][b], warmup=warm, warmup_seconds=0.5 if k == 0 else 0.1, min_seconds=seconds,
-                                    min_iterations=min_iterations, max_seconds=max(10 * seconds, 5.0))
-                r["times"][b] += t
-                r["round_medians_ms"][b].append(statistics.median(t) * 1000)
-        say(f"round {k + 1}/{rounds} done in {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f}")
-    for r in rows:
-        r["latency_ms"] = {b: latency.summarize(r["times"][b]) for b in (1, 8)}
-        r["throughput"] = {b: latency.throughput(r["times"][b], b) for b in (1, 8)}
-        del r["calls"]
+    calls = {i: {b: r["runner"].bind(spec.example_inputs(b, 0)) for b in (1, 8)} for i, r in enumerate(rows)}
+    settings = {"rounds": rounds, "min_seconds": seconds * rounds, "min_iterations": min_iterations * rounds, "warmup": warmup,
+                "max_seconds": max(10 * seconds, 5.0) * rounds}
+    t0 = [time.perf_counter()]
+
+    def done(k, n):
+        say(f"round {k}/{n} done in {time.perf_counter() - t0[0]:.0f} s, load {os.getloadavg()[0]:.2f}")
+        t0[0] = time.perf_counter()
+
+    timed = measure.time_rounds(calls, settings, on_round=done)
+    for i, r in enumerate(rows):
+        r["times"] = {b: [t / 1000 for t in timed[i][str(b)]["times_ms"]] for b in (1, 8)}
+        r["round_medians_ms"] = {b: timed[i][str(b)]["round_medians_ms"] for b in (1, 8)}
+        r["latency_ms"] = {b: timed[i][str(b)]["latency_ms"] for b in (1, 8)}
+        r["throughput"] = {b: timed[i][str(b)]["throughput_per_s"] for b in (1, 8)}
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """speedup_vs_X = X's p50 / this row's p50 at batch 1 (> 1: this row is faster); X on the same backend for B1/B2.
+    """speedup_vs_X = X's p50 / this row's p50 at batch 1 (> 1: this row is faster); X on the same backend for B1/B2,
+    with its 95% interval and verdict by the rule `edgekit run` and the report apply (edgekit.judge.speedup_record).
     Also the throughput ratio at batch 8, the p99 ratio, and the per-round range of the p50 ratio."""
+    from edgekit.judge import speedup_record
+
     by = {(r["key"], r["backend"]): r for r in rows}
     b0 = by[("B0", "torch")]
     for r in rows:
@@ -239,7 +241,9 @@ def add_ratios(rows: list[dict]) -> None:
             if ref is None:
                 continue
             per_round = [a / b for a, b in zip(ref["round_medians_ms"][1], r["round_medians_ms"][1])]
-            r["ratios"][name] = {"speedup_p50_b1": ref["latency_ms"][1]["median"] / r["latency_ms"][1]["median"],
+            sp = speedup_record(ref["round_medians_ms"][1], r["round_medians_ms"][1], ref["latency_ms"][1]["median"],
+                                r["latency_ms"][1]["median"], name)
+            r["ratios"][name] = {"speedup_p50_b1": sp["value"], "speedup_p50_b1_ci95": sp["ci95"], "verdict": sp["verdict"],
                                  "speedup_p99_b1": ref["latency_ms"][1]["p99"] / r["latency_ms"][1]["p99"],
                                  "throughput_ratio_b8": r["throughput"][8] / ref["throughput"][8],
                                  "speedup_p50_b1_per_round": [min(per_round), max(per_round)],
@@ -247,9 +251,13 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def standing(rows: list[dict], targets: dict | None = None) -> dict:
-    """Where E stands per backend: speed-up vs B2 and B1 at batch 1 (p50), accuracy drop vs FP32 in points, and
-    whether each INT8 row beats FP32. `targets` (speedup_vs_B2, speedup_vs_B1, max_accuracy_drop_pt; any may be
-    missing) adds `target` and `met` to those entries; without a target an entry has the value only."""
+    """Where E stands per backend: speed-up vs B2 and B1 at batch 1 (p50, with its 95% interval and verdict),
+    accuracy drop vs FP32 in points, and whether each INT8 row beats FP32 by the speed rule (the interval's lower
+    end above 1.0). `targets` (speedup_vs_B2, speedup_vs_B1, max_accuracy_drop_pt; any may be missing) adds `target`
+    and `met` to those entries (a speed target is met when the interval's lower end is above it); without a target
+    an entry has the value only."""
+    from edgekit.agent.measure import wins
+
     targets = {k: v for k, v in (targets or {}).items() if v is not None}
     by = {(r["key"], r["backend"]): r for r in rows}
     out = {}
@@ -259,23 +267,25 @@ def standing(rows: list[dict], targets: dict | None = None) -> dict:
         b1, b2 = by.get(("B1", backend)), by.get(("B2", backend))
         drop_b1 = (b1["metrics"]["accuracy"] - e["metrics"]["accuracy"]) * 100 if b1 else None
         drop_b0 = (by[("B0", "torch")]["metrics"]["accuracy"] - e["metrics"]["accuracy"]) * 100
-        t = {"E": e["variant"],
-             "speedup_vs_B2": {"value": e["ratios"].get("B2", {}).get("speedup_p50_b1")},
-             "speedup_vs_B1": {"value": e["ratios"].get("B1", {}).get("speedup_p50_b1")},
+        speed = lambda ref: {"value": e["ratios"].get(ref, {}).get("speedup_p50_b1"), "ci95": e["ratios"].get(ref, {}).get("speedup_p50_b1_ci95"),  # noqa: E731
+                             "verdict": e["ratios"].get(ref, {}).get("verdict")}
+        t = {"E": e["variant"], "speedup_vs_B2": speed("B2"), "speedup_vs_B1": speed("B1"),
              "accuracy_drop_vs_fp32_pt": {"value": drop_b1, "vs_torch_fp32": drop_b0,
                                           "note": "E's accuracy vs B1 (the FP32 model on the same backend), in points"}}
         for k in ("speedup_vs_B2", "speedup_vs_B1"):
             if k in targets:
                 v = t[k]["value"]
-                t[k].update(target=targets[k], met=None if v is None else bool(v >= targets[k]))
+                t[k].update(target=targets[k], met=None if v is None else wins(t[k]["ci95"], targets[k]))
         if "max_accuracy_drop_pt" in targets:
             limit = targets["max_accuracy_drop_pt"]
             t["accuracy_drop_vs_fp32_pt"].update(target=limit, met=None if drop_b1 is None else bool(drop_b1 <= limit + 1e-9))
         if "B2u" in e["ratios"]:
-            t["speedup_vs_B2u"] = {"value": e["ratios"]["B2u"]["speedup_p50_b1"], "note": "B2u is not a default setting"}
+            t["speedup_vs_B2u"] = {**speed("B2u"), "note": "B2u is not a default setting"}
         int8_rows = [r for r in (b2, by.get(("B2u", backend)), e) if r is not None and r["precision"] == "int8"]
         t["int8_faster_than_fp32"] = {r["name"]: {"speedup_vs_B1": r["ratios"].get("B1", {}).get("speedup_p50_b1"),
-                                                  "met": bool(r["ratios"].get("B1", {}).get("speedup_p50_b1", 0) > 1.0)} for r in int8_rows}
+                                                  "ci95": r["ratios"].get("B1", {}).get("speedup_p50_b1_ci95"),
+                                                  "verdict": r["ratios"].get("B1", {}).get("verdict"),
+                                                  "met": wins(r["ratios"].get("B1", {}).get("speedup_p50_b1_ci95"))} for r in int8_rows}
         out[backend] = t
     return out
 

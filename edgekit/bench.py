@@ -16,6 +16,7 @@ from edgekit.agent.measure import PROTOCOL
 from edgekit.backends.base import Artifact, Runner
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json
+from edgekit.limits import check_batch, check_protocol
 
 SCHEMA = "edgekit-bench/1"
 
@@ -27,7 +28,9 @@ class TorchRunner(Runner):
         import torch
 
         if threads:
-            torch.set_num_threads(int(threads))
+            from edgekit.limits import check_threads
+
+            torch.set_num_threads(check_threads(threads))
         super().__init__(spec, {"backend": "torch", "threads": torch.get_num_threads(), "mode": "eager, torch.inference_mode",
                                 "torch": torch.__version__})
         self.model = model.eval()
@@ -74,16 +77,8 @@ def _peak_rss_mb() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def reset_peak_rss() -> None:
-    """Start a new peak-memory window for this process (peak_rss_bytes then reports the peak since)."""
-    try:  # Linux: writing "5" resets VmHWM
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def peak_rss_bytes() -> int | None:
-    """Peak resident memory since the last reset_peak_rss (Linux VmHWM; None elsewhere)."""
+    """Peak resident memory of this process (Linux VmHWM; None elsewhere)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -91,6 +86,41 @@ def peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+RUNTIME_PEAK_NOTE = ("peak resident memory of a separate process that imports only numpy, the runtime and edgekit's runner "
+                     "(no torch), loads this artifact and runs it at each benchmarked batch size")
+
+
+def runtime_peak_rss(artifact_dir, batch_sizes=(1,), threads: int | None = None, calls: int = 20) -> dict:
+    """What the runtime alone needs: {peak_rss_bytes, torch_loaded} measured in a child process (RUNTIME_PEAK_NOTE),
+    not in this one, which holds torch and the training data. peak_rss_bytes is None where it cannot be measured."""
+    import json
+    import os
+    import subprocess
+
+    import edgekit
+
+    args = json.dumps({"dir": str(artifact_dir), "batch_sizes": [int(b) for b in batch_sizes], "threads": threads, "calls": calls})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(edgekit.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from edgekit.bench import _runtime_peak_child; _runtime_peak_child(sys.argv[1])", args],
+                              capture_output=True, text=True, timeout=300, env=env)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return {"peak_rss_bytes": None, "torch_loaded": None}
+
+
+def _runtime_peak_child(args: str) -> None:
+    import json
+
+    a = json.loads(args)
+    runner, _ = load_runner(a["dir"], None, a["threads"])
+    for b in a["batch_sizes"]:
+        call = runner.bind(runner.spec.example_inputs(b))
+        for _ in range(a["calls"]):
+            call()
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "torch_loaded": "torch" in sys.modules}))
 
 
 def load_runner(path, backend: str | None = None, threads: int | None = None) -> tuple[Runner, dict]:
@@ -123,8 +153,9 @@ def benchmark(runner: Runner, batch_sizes=tuple(PROTOCOL["batch_sizes"]), warmup
     without the artifact/cold-start parts (see bench_artifact)."""
     from edgekit.env import fingerprint
 
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise EdgekitError(f"batch sizes must be positive integers, got {list(batch_sizes)}", "e.g. --batch 1 --batch 8")
+    check_protocol(list(batch_sizes), warmup, iterations, min_seconds)
+    for b in batch_sizes:  # before any input is allocated
+        check_batch(b, runner.spec.sample_bytes, "the model")
     rss0 = _rss_mb()
     settings = {"warmup": warmup, "warmup_seconds": warmup_seconds, "iterations": iterations, "min_seconds": min_seconds,
                 "min_iterations": min_iterations, "max_seconds": max_seconds}
@@ -154,9 +185,12 @@ def bench_artifact(path, backend: str | None = None, batch_sizes=tuple(PROTOCOL[
                    min_seconds: float = PROTOCOL["min_seconds"], max_seconds: float = PROTOCOL["max_seconds"],
                    threads: int | None = None) -> dict:
     """Load (timed: cold start = load + first inference), then benchmark. `backend='torch'` takes a checkpoint."""
+    check_protocol(list(batch_sizes), warmup, iterations, min_seconds, threads)  # before any thread starts
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     runner, facts = load_runner(path, backend, threads)
+    for b in batch_sizes:
+        check_batch(b, runner.spec.sample_bytes, str(path))
     t1 = time.perf_counter()
     runner.run(runner.spec.example_inputs(int(batch_sizes[0])))
     t2 = time.perf_counter()
@@ -175,6 +209,9 @@ def save(result: dict, out_dir=None) -> Path:
     art = result.get("artifact", {})
     out = Path(out_dir or art.get("dir") or Path(art.get("path", ".")))
     path = out / f"bench-{result['backend']}.json"
+    from edgekit.guard import refuse_overwrite
+
+    refuse_overwrite([path], [art.get("path")], "the benchmark file")
     atomic_write_json(path, result)
     return path
 
@@ -182,11 +219,11 @@ def save(result: dict, out_dir=None) -> Path:
 def print_result(result: dict) -> None:
     from rich.table import Table
 
-    from edgekit.ui import console
+    from edgekit.ui import console, escape
 
     art = result.get("artifact", {})
     t = Table("batch", "median ms", "p90", "p99", "max", "CV", "samples/s", "n",
-              title=f"{result['backend']} {result.get('precision', '')}  {art.get('path', '')}")
+              title=escape(f"{result['backend']} {result.get('precision', '')}  {art.get('path', '')}"))
     for b in result["batches"].values():
         s = b["latency_ms"]
         cv = f"{s['cv']:.1%}" + (" [yellow](noisy)[/]" if s["high_variance"] else "")
@@ -201,4 +238,4 @@ def print_result(result: dict) -> None:
     if result["high_variance"]:
         console.print(f"[yellow]CV above {measure.CV_LIMIT:.0%}: the machine was busy or the clock unstable; rerun before trusting the numbers[/]")
     if result.get("command"):
-        console.print(f"reproduce: {result['command']}", highlight=False, soft_wrap=True)
+        console.print(escape(f"reproduce: {result['command']}"), highlight=False, soft_wrap=True)

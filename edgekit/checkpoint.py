@@ -2,15 +2,15 @@
 and where it came from). Nothing is ever unpickled: a .pt/.pth file is read with weights_only=True."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgekit.errors import EdgekitError
-from edgekit.io import atomic_path, atomic_write_json, file_sha256
-from edgekit.spec import ModelSpec
+from edgekit.errors import EdgekitError, input_errors, short_reason
+from edgekit.io import atomic_path, atomic_write_json, file_sha256, load_json
+from edgekit.limits import check_model_config, check_params
+from edgekit.spec import ModelSpec, spec_from
 
 FORMAT = "edgekit-checkpoint/1"
 DEFAULT_FACTORY = "edgekit.models:build_model"
@@ -78,16 +78,20 @@ def _paths(path) -> tuple[Path, Path]:
     return p, p.parent / "config.json"
 
 
+def input_files(path) -> list[Path]:
+    """What loading the checkpoint at `path` reads (the folder, its weights, its config.json), whether or not they
+    exist yet: the paths no output may overwrite (edgekit.guard)."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".pt", ".pth"):
+        return [p, p.parent / "config.json"]
+    return [p, *(p / n for n in ("model.safetensors", "model.pt", "model.pth", "config.json"))]
+
+
 def read_config(path) -> dict:
     _, cfg_path = _paths(path)
     if not cfg_path.exists():
         raise EdgekitError(f"checkpoint config {cfg_path} is missing", "a checkpoint is model.safetensors plus the config.json written beside it by `edgekit train`")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"checkpoint config {cfg_path} is not valid JSON ({e})", "restore it from the original checkpoint") from e
-    except OSError as e:
-        raise EdgekitError(f"cannot read checkpoint config {cfg_path}: {e.strerror}", "check that it is a readable file") from e
+    cfg = load_json(cfg_path, "checkpoint config", max_bytes=16 << 20)  # bounded size and nesting, no duplicate keys
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg or "spec" not in cfg:
         raise EdgekitError(f"{cfg_path} is not an edgekit checkpoint config (format {FORMAT})", "write checkpoints with `edgekit train` or edgekit.checkpoint.save")
     return cfg
@@ -133,8 +137,8 @@ def _check_hash(weights: Path, sha256: str | None) -> None:
         return
     if sha256 is None and weights.name == "model.safetensors" and (weights.parent / "config.json").is_file():
         try:
-            sha256 = json.loads((weights.parent / "config.json").read_text()).get("weights_sha256")
-        except (OSError, ValueError, AttributeError, RecursionError):  # a broken config.json is reported by whoever reads it
+            sha256 = load_json(weights.parent / "config.json", "checkpoint config", max_bytes=16 << 20).get("weights_sha256")
+        except (EdgekitError, AttributeError):  # a broken config.json is reported by whoever reads it
             sha256 = None
     if not isinstance(sha256, str) or not sha256:
         return
@@ -156,18 +160,20 @@ def load(path, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict]:
     sha = cfg.get("weights_sha256")
     state = read_state(weights, sha if isinstance(sha, str) else None)
     try:
-        spec = ModelSpec.model_validate(cfg["spec"])
+        spec = spec_from(cfg["spec"], str(cfg_path))  # shapes bounded before anything is allocated from them
     except ValueError as e:  # pydantic's ValidationError
         raise EdgekitError(f"{cfg_path} has an invalid model spec: {str(e).splitlines()[0][:200]}", "restore config.json from the original checkpoint") from e
     ref = cfg.get("factory", DEFAULT_FACTORY)
     with trusted() if trust_code else nullcontext():
         factory = resolve_factory(ref, origin=str(cfg_path))
     try:
+        if ref == DEFAULT_FACTORY:
+            _check_size(factory, cfg["model"], cfg_path)
         model = factory(cfg["model"])
     except EdgekitError:
         raise
-    except (KeyError, TypeError, ValueError) as e:  # only edgekit's own factory gets here: a user's reports its own failure
-        raise EdgekitError(f"the 'model' section of {cfg_path} cannot build a model ({type(e).__name__}: {str(e)[:200]})",
+    except input_errors() as e:  # only edgekit's own factory gets here (a user's reports its own failure): a config that is not one
+        raise EdgekitError(f"the 'model' section of {cfg_path} cannot build a model: {short_reason(e)}",
                            "restore config.json from the original checkpoint") from e
     if not isinstance(model, nn.Module):  # edgekit's own factory given a config that is not a model's
         raise EdgekitError(f"model factory '{ref}' in {cfg_path} returned a {type(model).__name__}, not a torch.nn.Module",
@@ -179,7 +185,37 @@ def load(path, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict]:
         problems = _mismatch(model.state_dict(), state) or " ".join(str(e).split())[:300]
         raise EdgekitError(f"weights in {weights} do not match the model its config.json describes: {problems}",
                            "use the config.json saved with these weights (a config of another preset, fusion or variant does not fit)") from e
+    _check_inputs(model, spec, cfg_path)
     return model.eval(), spec, cfg
+
+
+def _check_inputs(model: nn.Module, spec: ModelSpec, cfg_path: Path) -> None:
+    """The spec's inputs are what every stage feeds the model by name: they must be the arguments its forward() takes
+    (a spec edited or copied from another model would fail only later, inside forward)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature (C++): nothing to check against
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    required = {p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown, missing = sorted(set(spec.input_names) - named), sorted(required - set(spec.input_names))
+    if unknown or missing:
+        raise EdgekitError(f"the spec in {cfg_path} does not fit the model's forward({', '.join(sorted(named))}): "
+                           + "; ".join(x for x in (unknown and f"inputs {unknown} are not its arguments", missing and f"arguments {missing} are not in the spec's inputs") if x),
+                           "restore config.json from the original checkpoint (its 'spec' names the model's inputs)")
+
+
+def _check_size(factory, config, cfg_path: Path) -> None:
+    """edgekit's own model config within edgekit.limits: every width bounded, then the model built on torch's meta
+    device (no memory) to count its parameters, so a config of 10^12 channels is refused before anything is allocated."""
+    check_model_config(config, str(cfg_path))
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in factory(config).parameters())
+    check_params(n_params, str(cfg_path))
 
 
 def _mismatch(expected: dict, state: dict) -> str:

@@ -13,7 +13,7 @@ import typer
 
 from edgekit.agent import measure
 from edgekit.errors import ISSUES_URL, EdgekitError, InternalError
-from edgekit.ui import console, progress
+from edgekit.ui import console, escape, progress
 
 app = typer.Typer(help="Compress, compile and benchmark multimodal fusion models for edge devices.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -25,9 +25,28 @@ FSDD_HELP = "folder of FSDD spoken-digit WAVs (default: $EDGEKIT_FSDD; without i
 app.add_typer(__import__("edgekit.cli_data", fromlist=["app"]).app, name="data")
 
 
+def _version(show: bool) -> None:
+    if show:
+        import importlib.metadata
+
+        import edgekit
+
+        try:
+            v = importlib.metadata.version("edgekit")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            v = edgekit.__version__
+        print(f"edgekit {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logs")):
+def _options(verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logs, and the warnings libraries print on import"),
+             version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        from edgekit._optional import silence_import_noise
+
+        silence_import_noise()
 
 
 @app.command()
@@ -43,26 +62,26 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     from rich.table import Table
 
     cpu = info["cpu"]
-    console.print(f"[bold]edgekit doctor[/]  Python {info['python']} on {info['os']}")
-    console.print(f"CPU: {cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable / {cpu['logical_cores']} logical cores")
-    console.print("ISA: " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["isa"].items()))
-    console.print("GPUs: " + (", ".join(g["name"] for g in info["gpus"]) or "none found (nvidia-smi not present or no device)"))
+    console.print(f"[bold]edgekit doctor[/]  Python {info['python']} on {escape(info['os'])}", highlight=False)
+    console.print(escape(f"CPU: {cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable / {cpu['logical_cores']} logical cores"), highlight=False)
+    console.print("ISA: " + "  ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["isa"].items()), highlight=False)
+    console.print(escape("GPUs: " + (", ".join(g["name"] for g in info["gpus"]) or "none found (nvidia-smi not present or no device)")), highlight=False)
     t = Table("library", "version")
     for lib, v in info["libraries"].items():
-        t.add_row(lib, v or "[dim]not installed[/]")
+        t.add_row(lib, escape(v) if v else "[dim]not installed[/]")
     console.print(t)
     t = Table("backend", "available", "why not / how to install")
-    for name, b in info["backends"].items():
-        t.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", "" if b["available"] else f"{b['reason']}  ->  {b['install']}")
+    for name, b in info["backends"].items():  # reasons and hints are library text: printed as is, not as markup
+        t.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", "" if b["available"] else escape(f"{b['reason']}  ->  {b['install']}"))
     console.print(t)
 
 
 @app.command()
 def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoint folder to write"),
-          preset: str = typer.Option("tiny", help="model size: tiny (tests, ~1 min) or base (realistic edge model)"),
+          preset: str = typer.Option("tiny", help="model size: tiny (tests, ~1 min), small (the quickstart's, ~40 MMACs) or base (realistic edge model)"),
           fusion: str = typer.Option("attention", help="early | late | hierarchical | attention"),
           text: str = typer.Option("transformer", help="text encoder: transformer | lstm"),
-          epochs: Optional[int] = typer.Option(None, help="default: 12 for tiny, 10 for base"),
+          epochs: Optional[int] = typer.Option(None, help="default: 12 for tiny, 8 for small, 10 for base"),
           fsdd: Optional[str] = typer.Option(None, help=FSDD_HELP),
           seed: int = typer.Option(0, help="seed for data and training (deterministic)")):
     """Train a reference fusion model on the built-in avdigits data and save a safe checkpoint."""
@@ -72,6 +91,10 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
     from edgekit.train import DEFAULT_EPOCHS, train_reference
 
     preset_config(preset, fusion, text_kind=text)  # bad names fail before any slow work
+    if epochs is not None:
+        from edgekit.limits import check_int
+
+        check_int(epochs, "--epochs", 1, 10000)
     resolve_fsdd(fsdd)
     check_writable(out)
     n_epochs = epochs or DEFAULT_EPOCHS.get(preset, 10)
@@ -79,7 +102,7 @@ def train(out: Path = typer.Option(Path("model"), "--out", "-o", help="checkpoin
         cfg = train_reference(preset, fusion, out, fsdd=fsdd, seed=seed, epochs=n_epochs, text_kind=text,
                               progress=lambda n, loss: advance(n, info=f"loss {loss:.3f}"))
     _print_metrics(cfg["metrics"]["test"])
-    console.print(f"checkpoint: {out}/model.safetensors + config.json")
+    console.print(escape(f"checkpoint: {out}/model.safetensors + config.json"))
 
 
 @app.command()
@@ -130,7 +153,7 @@ def compress(checkpoint_path: Optional[Path] = typer.Argument(None, metavar="CHE
 
     with _trust(trust_code):
         print_table(run_compress(checkpoint_path, recipe, out, only=variant, force=force))
-    console.print(f"run directory: {out} (compress.json, variants/<name>/metrics.json)")
+    console.print(escape(f"run directory: {out} (compress.json, variants/<name>/metrics.json)"))
 
 
 @app.command()
@@ -152,7 +175,7 @@ def run(recipe: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML, 
     with _trust(trust_code):
         done = run_all(recipe, out, checkpoint, force or (), ssh)
     for line in done["recommendation"]:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     console.print("seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in done["seconds"].items()), highlight=False)
     print(done["html"])
 
@@ -176,8 +199,8 @@ def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", hel
         reports.append(to_fp16_onnx(out, out.with_suffix(".fp16.onnx")))
     for r in reports:
         p = r["parity"]
-        console.print(f"{r['path']}: {r['precision']}, {r['nodes']} nodes, {r['size_bytes'] / 2**20:.2f} MiB; parity on {p['n']} samples: "
-                      f"top-1 agreement {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}", highlight=False)
+        console.print(escape(f"{r['path']}: {r['precision']}, {r['nodes']} nodes, {r['size_bytes'] / 2**20:.2f} MiB; parity on {p['n']} samples: "
+                             f"top-1 agreement {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}"), highlight=False)
 
 
 @app.command(name="compile")
@@ -188,11 +211,13 @@ def compile_cmd(onnx_path: Path = typer.Argument(..., metavar="MODEL.onnx", help
                 threads: Optional[int] = typer.Option(None, help="inference threads (default: the backend's)")):
     """Compile an ONNX file for a backend, then check the artifact's parity with the torch model."""
     from edgekit.backends import compile_onnx
+    from edgekit.limits import check_threads
 
+    check_threads(threads)
     art = compile_onnx(onnx_path, backend, out, {"precision": precision, "threads": threads})
     p = art.meta["parity"]
-    console.print(f"{art.backend} {art.precision} artifact: {art.path} ({art.meta.get('size_bytes', 0) / 2**20:.2f} MiB, "
-                  f"{art.meta.get('compile_seconds', 0):.1f} s); parity top-1 {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}", highlight=False)
+    console.print(escape(f"{art.backend} {art.precision} artifact: {art.path} ({art.meta.get('size_bytes', 0) / 2**20:.2f} MiB, "
+                         f"{art.meta.get('compile_seconds', 0):.1f} s); parity top-1 {p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_diff']:.3g}"), highlight=False)
 
 
 PROTOCOL = measure.protocol()  # the latency protocol's defaults: one definition, shared with the device agent
@@ -218,6 +243,9 @@ def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compile
           trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP + "; with --backend torch")):
     """Latency (min/mean/median/p90/p95/p99/max, CV), throughput, cold start, memory; saved as bench-<backend>.json.
     With --target the engine is built and timed on each device (bench-<device>.json beside the ONNX)."""
+    from edgekit.limits import check_protocol
+
+    check_protocol(batch, warmup, iterations, min_seconds, threads)  # refused before anything loads or any thread starts
     if target:
         from edgekit.deploy import bench_remote, print_summary, raise_failures
 
@@ -238,7 +266,7 @@ def bench(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="compile
         print(json.dumps(result, indent=2))
     else:
         print_result(result)
-        console.print(f"saved {path}")
+        console.print(escape(f"saved {path}"))
 
 
 @app.command()
@@ -253,7 +281,9 @@ def deploy(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run dire
     """Build each variant's engine on the device over SSH, check accuracy and parity there, benchmark it and sample
     power; results, fingerprint and engines come back into RUN_DIR/targets/<device>/. Rerun to resume."""
     from edgekit.deploy import deploy as deploy_run, print_summary, raise_failures
+    from edgekit.limits import MAX_SAMPLES, check_int
 
+    check_int(samples, "--samples", 1, MAX_SAMPLES)
     summaries = deploy_run(run_dir, target, runtime, accept_new_host, identity, known_hosts, samples, variants=variant or None, check=False)
     print_summary(summaries)
     raise_failures(summaries)
@@ -266,7 +296,7 @@ def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run dire
 
     out = write_report(run_dir)
     for line in out["recommendation"]:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     print(out["html"])
 
 
@@ -293,22 +323,33 @@ def _print_metrics(m: dict) -> None:
 
 
 def main() -> None:
+    from edgekit import signals
+
+    signals.install()  # SIGINT and SIGTERM raise KeyboardInterrupt; a watchdog ends a process stuck in native code
     try:
-        app(standalone_mode=False)
+        try:
+            code = app(standalone_mode=False)  # Typer returns the code of a typer.Exit, and 130 for a KeyboardInterrupt
+        except Exception:
+            if signals.received():  # what the interrupt became on its way out, e.g. ImportError from a C extension's init
+                raise KeyboardInterrupt from None
+            raise
+        if signals.received():  # the command was interrupted (whatever code Typer made of it)
+            raise KeyboardInterrupt
+        sys.exit(code if isinstance(code, int) else 0)
     except EdgekitError as e:
         if os.environ.get("EDGEKIT_DEBUG") == "1":
             raise
-        console.print(f"[red]error:[/] {e.message}" + (f"\n[yellow]hint:[/] {e.hint}" if e.hint else ""), highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(e.message)}" + (f"\n[yellow]hint:[/] {escape(e.hint)}" if e.hint else ""), highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt,):
-        console.print("interrupted; rerun the same command to resume")
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C (130) or SIGTERM (143); every `finally` on the way out has run
+        signals.report()  # plain print: a first rich render can take a second
+        signals.leave()
     except SystemExit:
         raise
     except InternalError as e:
         if os.environ.get("EDGEKIT_DEBUG") == "1":
             raise
-        console.print(f"[red]internal error (a bug in edgekit):[/] {e}\n"
+        console.print(f"[red]internal error (a bug in edgekit):[/] {escape(str(e))}\n"
                       f"please report it at {ISSUES_URL}; rerun with EDGEKIT_DEBUG=1 for the traceback", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 — the last line of defence: say it is our bug, not the user's
@@ -323,6 +364,6 @@ def main() -> None:
             sys.exit(130)
         if os.environ.get("EDGEKIT_DEBUG") == "1":
             raise
-        console.print(f"[red]internal error (a bug in edgekit):[/] {type(e).__name__}: {e}\n"
+        console.print(f"[red]internal error (a bug in edgekit):[/] {type(e).__name__}: {escape(str(e))}\n"
                       f"please report it at {ISSUES_URL}; rerun with EDGEKIT_DEBUG=1 for the traceback", highlight=False, soft_wrap=True)
         sys.exit(1)

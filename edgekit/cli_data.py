@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgekit.ui import console, progress
+from edgekit.ui import console, escape, progress
 
 app = typer.Typer(
     help="Datasets: check what a recipe's data section gives, export the built-in avdigits as files.",
@@ -85,7 +85,7 @@ def check(
         t.add_row(n, str(v["shape"]), v["dtype"], v["preprocess"])
     console.print(t)
     for m, how in d["missing"].items():
-        console.print(f"missing {m}: {how if isinstance(how, str) else json.dumps(how)}", highlight=False)
+        console.print(escape(f"missing {m}: {how if isinstance(how, str) else json.dumps(how)}"), highlight=False)
     if d.get("truncated"):
         console.print(
             "truncated to max_length: " + ", ".join(f"{n} {k} text(s)" for n, k in d["truncated"].items()),
@@ -95,7 +95,7 @@ def check(
         f"decoded {d.get('decoded', 0)} column(s), {d.get('cache_hits', 0)} read from the cache", highlight=False
     )
     for note in d["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print("[green]no problems found[/]")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.guard import refuse_overwrite
 from edgekit.io import atomic_write_json, atomic_write_text
 from edgekit.judge import budget_of, judge_variant, table_row
 from edgekit.recipe import (
@@ -31,7 +32,7 @@ from edgekit.recipe import (
 )
 from edgekit.source import source_checkpoint
 from edgekit.spec import ModelSpec
-from edgekit.ui import console, progress as progress_bar
+from edgekit.ui import console, escape, progress as progress_bar
 
 EVAL_BACKENDS = ("onnxruntime", "openvino")
 
@@ -89,25 +90,28 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
         from edgekit.checkpoint import read_config
 
         read_config(checkpoint_path)  # a wrong path fails before anything is written
+    refuse_overwrite(run_outputs(out, recipe, checkpoint_path), run_inputs(recipe, path, checkpoint_path), "the run's output")
     with RunLock(out):
-        atomic_write_text(out / "recipe.resolved.yaml", dump_recipe(recipe))
         source = source_checkpoint(checkpoint_path, recipe, out, recipe_path=path)
         from edgekit import checkpoint
 
         model, spec, cfg = checkpoint.load(source)
         train, val, test = splits = _data(recipe, spec, path)
-        eval_samples = _write_eval_samples(out, test)
         cal = recipe.calibration
         from edgekit.data.calibration import sample
 
         required = tuple(i.modality for i in spec.inputs if i.modality and not i.optional)
         calibration = sample({"train": train, "val": val}[cal.split], cal.size, cal.stratify, cal.missing, cal.seed, required)
         check_calibration(calibration, spec)
+        # every input is valid: only now are the run's files replaced (a compress that fails leaves the old ones)
+        atomic_write_text(out / "recipe.resolved.yaml", dump_recipe(recipe))
+        eval_samples = _write_eval_samples(out, test)
         ctx = Context(spec, model, train, val, test, calibration, recipe, progress)
         stages = Stages(out, force=([f"compress/{n}" for n in only] if only else ["compress"]) if force else [])
         src_files = [p for p in (Path(source) / "model.safetensors", Path(source) / "config.json") if p.exists()]
         common = {"recipe_data": recipe.data.model_dump(), "calibration": cal.model_dump(), "targets": [t.model_dump() for t in recipe.targets],
-                  "eval_samples": eval_samples["sha256"]}  # the data's files changed under the same settings: redo
+                  "eval_samples": eval_samples["sha256"],  # the data's files changed under the same settings: redo
+                  "parity": recipe.parity.model_dump()}
 
         results: dict[str, dict] = {}
         variants: dict[str, Variant] = {}
@@ -119,10 +123,11 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
             key = stage_key({**common, "variant": vs.model_dump(by_alias=True) if vs else None,
                              "start": results.get(start, {}).get("key")}, *src_files)
             if stages.done(f"compress/{name}", key):
-                console.print(f"[dim]{name}: unchanged since the last run, reusing {vdir}[/]")
+                console.print(f"[dim]{escape(f'{name}: unchanged since the last run, reusing {vdir}')}[/]")
                 results[name] = read_json(vdir / "metrics.json")
                 variants[name] = None  # loaded lazily if a later variant starts from it
                 continue
+            stages.redo(f"compress/{name}", vdir / "metrics.json", out / "compress.json")
             t0 = time.time()
             console.print(f"[bold]{name}[/]: " + (" -> ".join(p.name for p in vs.passes) if vs else "the uncompressed model"))
             try:
@@ -147,7 +152,7 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
                     atomic_write_text(vdir / "error.log", traceback.format_exc())
                     reason = f"internal error {type(e).__name__}: {str(e)[:200]} (traceback in {vdir / 'error.log'})"
                 metrics = {"variant": name, "status": "failed", "reason": reason, "passes": [], "seconds": round(time.time() - t0, 1)}
-                console.print(f"[red]{name} failed:[/] {reason}", highlight=False)
+                console.print(f"[red]{escape(name)} failed:[/] {escape(reason)}", highlight=False)
                 variants[name] = None
             metrics["key"] = key
             atomic_write_json(vdir / "metrics.json", metrics)
@@ -166,6 +171,27 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
     return summary
 
 
+def run_outputs(out: Path, recipe: Recipe, checkpoint_path=None) -> list[Path]:
+    """What compress writes or replaces in a run directory (a user model imported as RUN/source included)."""
+    src = recipe.model
+    imported = checkpoint_path is None and src is not None and src.checkpoint and (src.factory or src.inputs)
+    return [out / n for n in ("recipe.resolved.yaml", "compress.json", "eval_samples.npz", "variants", ".stages")] + ([out / "source"] if imported else [])
+
+
+def run_inputs(recipe: Recipe, recipe_path=None, checkpoint_path=None) -> list[Path]:
+    """The files a run reads that its outputs must not overwrite: the recipe, its calibration definition, the checkpoint."""
+    from edgekit.checkpoint import input_files
+    from edgekit.source import checkpoint_path_of
+
+    found = [recipe_path]
+    if recipe.calibration.name:
+        from edgekit.data.calibration import definition_path
+
+        found.append(definition_path(recipe.calibration.name))
+    ck = checkpoint_path if checkpoint_path is not None else (checkpoint_path_of(recipe.model, recipe_path) if recipe.model and recipe.model.checkpoint else None)
+    return found + (input_files(ck) if ck is not None else [])
+
+
 def _needed_by(name: str, only: list[str], recipe: Recipe) -> bool:
     """A variant others in `only` start from (it must exist first)."""
     by_name = {v.name: v for v in recipe.variants}
@@ -179,9 +205,9 @@ def _needed_by(name: str, only: list[str], recipe: Recipe) -> bool:
 
 
 def read_json(p: Path) -> dict:
-    import json
+    from edgekit.io import load_json
 
-    return json.loads(p.read_text())
+    return load_json(p, "variant record")
 
 
 def _reload(vdir: Path) -> Variant:
@@ -202,7 +228,7 @@ def _data(recipe: Recipe, spec: ModelSpec, path=None):
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
     splits = resolve(recipe.data, spec, base_dir=base_dir, origin=str(path or "the recipe"))
     for note in splits.notes:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     return splits
 
 
@@ -230,12 +256,12 @@ def _run_passes(vs: VariantSettings, base: Variant, ctx: Context) -> Variant:
         pass_module = passes.get(step.name)
         if getattr(pass_module, "ON_QUANTIZED", None) is None and nncf_config(v.model) is not None:
             raise EdgekitError(f"variant '{vs.name}': {step.name} after quantize", passes.refused_after_quantize_hint())
-        console.print(f"  pass {i + 1}/{len(vs.passes)}: {step.name} {_brief(step.settings.model_dump())}")
+        console.print(escape(f"  pass {i + 1}/{len(vs.passes)}: {step.name} {_brief(step.settings.model_dump())}"), highlight=False)
         v.model, rec = pass_module.run(v.model, step.settings, pctx)
         v.config, v.plan = pctx.config, pctx.pruning_plan  # a pass that changed the architecture says how to rebuild it
         line = pass_module.summary(rec)
         if line:
-            console.print(f"    {line}", highlight=False)
+            console.print(f"    {escape(line)}", highlight=False)
         v.passes.append(rec)
     return v
 
@@ -262,7 +288,7 @@ def _measure(name: str, v: Variant, vs: VariantSettings | None, ctx: Context, vd
     model, spec, _ = checkpoint.load(vdir)
     stats = model_stats(model, example_inputs(spec))
     first = next((p for p in v.passes if p.get("pass") == "prune"), None)
-    report = export.to_onnx(model, spec, vdir / "model.onnx", check_parity_on=ctx.val)
+    report = export.to_onnx(model, spec, vdir / "model.onnx", check_parity_on=ctx.val, min_top1=ctx.recipe.parity.min_top1.model_dump())
     torch_metrics = evaluate(model, ctx.test, spec.class_names)
     deployed = _deployed_metrics(vdir / "model.onnx", spec, ctx.test)
     budget = budget_of(vs.budget if vs is not None else None, ctx.recipe.budget)

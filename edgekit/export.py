@@ -29,13 +29,13 @@ from edgekit.errors import EdgekitError
 from edgekit.onnxgraph.qdq import fold_bn_into_qdq_conv, signed_qdq
 from edgekit.onnxgraph.save import save_with_spec
 from edgekit.parity import (
-    MIN_TOP1,
     logits_of,
     ort_predict,
     parity,
     random_dataset,
     save_checked_report,
     save_parity_samples,
+    sidecar,
 )
 from edgekit.spec import ModelSpec
 
@@ -144,11 +144,11 @@ def _finish(proto, spec: ModelSpec, path: Path) -> dict:
 
 
 def to_onnx(model, spec: ModelSpec, path, opset: int = DEFAULT_OPSET, check_parity_on: ArrayDataset | None = None,
-            min_top1: float | None = None, max_samples: int = 256, slim: bool = True) -> dict:
+            min_top1: float | dict | None = None, max_samples: int = 256, slim: bool = True) -> dict:
     """Export a torch model (plain, or NNCF-quantized -> Q/DQ) to one ONNX file and check parity against the torch
     model with ONNX Runtime on `check_parity_on` (random inputs if None). Writes `path`, `<stem>.export.json`
-    (the report returned) and `<stem>.parity.npz`; raises EdgekitError when parity is below `min_top1`
-    (default 0.99 for FP32, 0.95 for INT8)."""
+    (the report returned) and `<stem>.parity.npz`; raises EdgekitError when parity is below `min_top1` (one
+    number, or a mapping per precision; default edgekit.parity.MIN_TOP1: 0.99 for FP32, 0.95 for INT8)."""
     import onnx
     import torch
 
@@ -156,6 +156,7 @@ def to_onnx(model, spec: ModelSpec, path, opset: int = DEFAULT_OPSET, check_pari
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
+    written = False
     try:
         example = {k: torch.from_numpy(v) for k, v in spec.example_inputs(2).items()}  # batch 2: no size-1 specialisation
         export_model = _strip_nncf(model, example)
@@ -171,25 +172,31 @@ def to_onnx(model, spec: ModelSpec, path, opset: int = DEFAULT_OPSET, check_pari
                 slimmed = f"skipped: {type(e).__name__}: {str(e)[:200]}"
         bn_folded = fold_bn_into_qdq_conv(proto)
         signed = signed_qdq(proto)
-        facts = _finish(proto, spec, path)
+        for kind in ("export.json", "parity.npz"):  # they vouch for the graph at `path`: gone before it changes,
+            sidecar(path, kind).unlink(missing_ok=True)  # back only after its parity check
+        facts, written = _finish(proto, spec, path), True
         data = check_parity_on if check_parity_on is not None else random_dataset(spec)
         data = data.subset(np.arange(min(len(data), max_samples)))
         reference = logits_of(export_model, data)
         result = parity(reference, ort_predict(path, spec.output_names[0]), data, max_samples)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (edgekit.signals) during the parity check
+        if written:
+            path.unlink(missing_ok=True)
+        raise
     finally:
         model.train(was_training)
     result["data"] = "held-out samples" if check_parity_on is not None else f"{len(data)} random inputs"
     result["candidate"] = "onnxruntime CPU"
     try:
         save_parity_samples(path, data, reference)
-    except EdgekitError:
+    except (EdgekitError, KeyboardInterrupt):
         path.unlink(missing_ok=True)  # an ONNX without its parity record must not look like a finished export
         raise
     report = {**facts, "opset": opset, "dynamic_batch": True, "nodes_before_cleanup": nodes_raw, "onnxslim": slimmed,
               "qdq_unsigned_to_signed": signed, "bn_folded_into_qdq_conv": bn_folded, "parity": result,
               "export_seconds": round(time.perf_counter() - t0, 3), "exporter": f"torch {torch.__version__} (TorchScript)",
               "onnx": onnx.__version__, "spec": spec.model_dump()}
-    return save_checked_report(path, report, min_top1 if min_top1 is not None else MIN_TOP1[facts["precision"]], f"ONNX export {path}")
+    return save_checked_report(path, report, min_top1, f"the exported ONNX graph {path} (run by ONNX Runtime)")
 
 
 def export_checkpoint(checkpoint_path, out, fsdd=None, opset: int = DEFAULT_OPSET, max_samples: int = 256,
@@ -197,7 +204,10 @@ def export_checkpoint(checkpoint_path, out, fsdd=None, opset: int = DEFAULT_OPSE
     """Export a saved checkpoint, checking parity on held-out data (the built-in dataset's test split for models
     trained on it; random inputs for other models)."""
     from edgekit import checkpoint
+    from edgekit.guard import refuse_overwrite
+    from edgekit.parity import sidecar
 
+    refuse_overwrite([out, sidecar(out, "export.json"), sidecar(out, "parity.npz")], checkpoint.input_files(checkpoint_path), "the ONNX output")
     model, spec, _ = checkpoint.load(checkpoint_path)
     from edgekit.data.resolver import builtin_split
 

@@ -1,6 +1,6 @@
 """Parity: does a converted model compute what the torch model computes? Every export and every compile compares
 the candidate's logits with a reference on the same samples (top-1 agreement, logit differences) and fails below
-a threshold per precision.
+a threshold per precision: MIN_TOP1 by default, the recipe's `parity: {min_top1: ...}` in a run.
 
 The export saves its samples and the torch logits beside the ONNX (`<stem>.parity.npz`), so every later compile
 can be checked against the torch model too, even on a device without torch."""
@@ -12,11 +12,11 @@ import numpy as np
 
 from edgekit.agent import measure
 from edgekit.data import ArrayDataset
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.io import atomic_write_json, atomic_write_npz
 from edgekit.spec import ModelSpec
 
-MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "int8": 0.95}  # top-1 agreement a conversion must keep, per precision
+MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "int8": 0.95}  # top-1 agreement a conversion must keep, per precision (defaults)
 RANDOM_SAMPLES = 32  # parity samples when no held-out data is given
 
 
@@ -58,30 +58,45 @@ def parity(reference_predict, candidate_predict, dataset: ArrayDataset, max_samp
     return measure.parity(ref, cand, data.labels)  # the numbers the device agent reports too
 
 
-def check_parity(result: dict, min_top1: float = 0.99, what: str = "export") -> dict:
+def threshold(precision: str | None, min_top1: float | dict | None = None) -> float:
+    """The top-1 agreement a graph of `precision` must keep: `min_top1` as given (one number, or a mapping per
+    precision such as the recipe's parity.min_top1), else the default of MIN_TOP1."""
+    precision = precision or "fp32"
+    if isinstance(min_top1, dict):
+        min_top1 = min_top1.get(precision)
+    return float(min_top1) if min_top1 is not None else MIN_TOP1.get(precision, MIN_TOP1["fp32"])
+
+
+def check_parity(result: dict, min_top1: float = 0.99, what: str = "the converted graph", precision: str | None = None) -> dict:
     """Record the threshold and verdict in `result`; raise EdgekitError, with the numbers, when top-1 agreement
-    is below `min_top1` or the outputs are not finite."""
+    is below `min_top1` or the outputs are not finite. `what` names the graph compared with the torch model
+    (an exported ONNX run by ONNX Runtime, a compiled artifact); `precision` names the recipe key that sets the gate."""
     if measure.parity_passed(result, min_top1)["passed"]:
         return result
+    key = f"parity: {{min_top1: {{{precision}: ...}}}}" if precision else "parity: {min_top1: ...}"
+    reference = result.get("reference") or "torch"
+    reference = "the torch model" if reference.startswith("torch") else reference.split(" (")[0]  # e.g. ORT on the source ONNX
     raise EdgekitError(
-        f"{what} parity failed: top-1 agreement {result['top1_agreement']:.2%} (need >= {min_top1:.1%}) over {result['n']} samples, "
-        f"max |logit diff| {result['max_abs_diff']:.4g}, mean {result['mean_abs_diff']:.4g}" + ("" if result["finite"] else ", outputs contain NaN/Inf"),
-        "the converted graph computes something else: look for ops the target handles differently; for INT8/FP16 "
-        "recalibrate on representative data, keep sensitive layers in higher precision, or lower min_top1 knowingly")
+        f"parity of {what} vs {reference} failed: top-1 agreement {result['top1_agreement']:.2%} (need >= {min_top1:.1%}) "
+        f"over {result['n']} samples, max |logit diff| {result['max_abs_diff']:.4g}, mean {result['mean_abs_diff']:.4g}"
+        + ("" if result["finite"] else ", outputs contain NaN/Inf"),
+        "the converted graph computes something else than the torch model: look for ops the target handles differently; "
+        "for INT8/FP16 recalibrate on representative data or keep sensitive layers in higher precision; to accept the "
+        f"difference knowingly, lower the recipe's {key} (now {min_top1:g})")
 
 
-def save_checked_report(path: Path, report: dict, min_top1: float, what: str) -> dict:
+def save_checked_report(path: Path, report: dict, min_top1: float | dict | None, what: str) -> dict:
     """Judge report["parity"] and write the report as `<stem>.export.json` beside the ONNX file. The report is
     written even when parity fails (it holds the numbers to debug with); then the failure is raised. When the
     report cannot be written, the ONNX and its samples are removed: a file without its record is not finished."""
     failure = None
     try:
-        check_parity(report["parity"], min_top1, what)
+        check_parity(report["parity"], threshold(report.get("precision"), min_top1), what, report.get("precision"))
     except EdgekitError as e:
         failure = e
     try:
         atomic_write_json(sidecar(path, "export.json"), report)
-    except EdgekitError:
+    except (EdgekitError, KeyboardInterrupt):  # a disk error, or Ctrl-C/SIGTERM (edgekit.signals)
         for f in (path, sidecar(path, "parity.npz")):
             Path(f).unlink(missing_ok=True)
         raise
@@ -107,7 +122,8 @@ def load_parity_samples(onnx_path) -> tuple[ArrayDataset, np.ndarray] | None:
     p = sidecar(onnx_path, "parity.npz")
     if not p.exists():
         return None
-    with np.load(p, allow_pickle=False) as z:
+    with reading(p, "parity samples", "delete it (compiles then check parity on random inputs) or re-export the ONNX"), \
+            np.load(p, allow_pickle=False) as z:
         inputs = {k.removeprefix("input."): z[k] for k in z.files if k.startswith("input.")}
         return ArrayDataset(inputs, z["labels"]), z["reference_logits"]
 

@@ -28,9 +28,11 @@ _INT8 = re.compile(r"(^|_)(I8|U8|i8|u8|int8|uint8)($|_)")
 def _precision_of_kernel(exec_type: str, op: str = "") -> str:
     """int8 | fp32 | qdq (a quantize/dequantize conversion: INT8's overhead) | other, from an OpenVINO exec_type
     (with its node type as `op`) or an ORT operator name."""
-    if op in ("QuantizeLinear", "DequantizeLinear", "FakeQuantize", "DynamicQuantizeLinear"):
-        return "qdq"
-    if _INT8.search(exec_type) or op.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize")):
+    from edgekit.agent.ort_profile import op_precision  # the one rule for ORT operators (the device agent's too)
+
+    if op and op_precision(op) != "fp32":
+        return op_precision(op)
+    if _INT8.search(exec_type):
         return "int8"
     if re.search(r"(^|_)(FP32|f32)($|_)", exec_type) or op:
         return "fp32"
@@ -107,6 +109,7 @@ def profile_openvino(artifact, feed: dict, iterations: int = 50, warmup: int = 1
 
 def profile_onnxruntime(artifact, feed: dict, iterations: int = 50, warmup: int = 10, threads: int | None = None, top: int = TOP) -> dict:
     """Per-layer times of an ONNX Runtime artifact from ORT's profiler (the kernel time of each node)."""
+    from edgekit.agent.ort_profile import shapes  # prepacked weights are absent from them
     from edgekit.backends.base import get_backend
 
     if iterations < 1:
@@ -127,7 +130,8 @@ def profile_onnxruntime(artifact, feed: dict, iterations: int = 50, warmup: int 
         name = e["name"][: -len("_kernel_time")]
         op = a.get("op_name", "")
         d = layers.setdefault(name, {"type": op, "kernel": a.get("provider", ""), "precision": _precision_of_kernel("", op),
-                                     "total_ms": 0.0, "output": _shape(a.get("output_type_shape"))})
+                                     "total_ms": 0.0, "output": _shape(a.get("output_type_shape")),
+                                     "input_shapes": shapes(a.get("input_type_shape")), "output_shapes": shapes(a.get("output_type_shape"))})
         d["total_ms"] += e.get("dur", 0) / 1000
     if not layers:
         raise EdgekitError("ONNX Runtime's profile has no node events", "this onnxruntime build may have profiling disabled")
@@ -159,12 +163,12 @@ def profile_artifact(artifact, feed: dict, iterations: int = 50, warmup: int = 1
 def print_profile(prof: dict, title: str = "") -> None:
     from rich.table import Table
 
-    from edgekit.ui import console
+    from edgekit.ui import console, escape
 
     t = Table("#", "layer", "type", "kernel", "prec", "ms", "share", title=title or f"{prof['backend']}: ten most expensive layers "
               f"(batch {prof['batch']}, {prof['iterations']} inferences)")
     for i, x in enumerate(prof["top"], 1):
-        t.add_row(str(i), x["name"][-60:], x["type"], x["kernel"], x["precision"], f"{x['ms']:.3f}", f"{x['share']:.1%}")
+        t.add_row(str(i), escape(x["name"][-60:]), escape(x["type"]), escape(x["kernel"]), x["precision"], f"{x['ms']:.3f}", f"{x['share']:.1%}")
     console.print(t)
     prec = ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(prof["ms_by_precision"].items()))
     wall = prof.get("wall_ms_median")

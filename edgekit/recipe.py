@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 import typing
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from edgekit import passes
+from edgekit import limits, passes
 from edgekit.data.settings import AvdigitsData, DataSettings  # `data:`: one schema per source format
 from edgekit.errors import EdgekitError
+from edgekit.io import load_yaml, slug
+from edgekit.parity import MIN_TOP1
 from edgekit.schema import OneOf, Strict
 from edgekit.spec import InputSpec
 
@@ -44,6 +46,14 @@ PassStep = create_model("PassStep", __base__=_OnePass, __module__=__name__, __do
 
 # ---------------------------------------------------------------- the rest of a recipe
 
+def printable(v, what: str):
+    """A name that becomes a folder, a report heading or a log line: one line, no control characters (a newline
+    would be dropped from a folder name silently, or start a new line in a report)."""
+    if isinstance(v, str) and not v.isprintable():
+        raise ValueError(f"{what} {v!r} contains a control character (newline, tab, ...); write it on one line")
+    return v
+
+
 class Budget(Strict):
     max_accuracy_drop: float = Field(1.0, ge=0, description="allowed drop vs the float model, in accuracy points")
     metric: Literal["accuracy", "f1_macro"] = "accuracy"
@@ -60,10 +70,10 @@ class VariantSettings(Strict):
 
 
 class TrainSource(Strict):
-    preset: Literal["tiny", "base"] = "tiny"
+    preset: Literal["tiny", "small", "base"] = "tiny"
     fusion: Literal["early", "late", "hierarchical", "attention"] = "attention"
     text: Literal["transformer", "lstm"] = "transformer"
-    epochs: Optional[int] = Field(None, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, le=10000)
 
 
 class ModelSource(Strict):
@@ -91,7 +101,7 @@ class CalibrationSettings(Strict):
     name: Optional[str] = None
     description: str = ""
     split: Literal["train", "val"] = "train"
-    size: int = Field(256, ge=1)
+    size: int = Field(256, ge=1, le=limits.MAX_SAMPLES)
     stratify: Literal["class", "none"] = "class"
     missing: float = Field(0.2, ge=0, lt=1, description="fraction of samples with one modality missing")
     seed: int = 0
@@ -106,13 +116,29 @@ class TargetSettings(Strict):
     backend: Literal["onnxruntime", "openvino", "tensorrt"]
     name: Optional[str] = Field(None, description="label in reports (default: backend, plus host)")
     host: Optional[str] = Field(None, description="ssh://user@host[:port] to build and run on a device")
-    options: dict = Field(default_factory=dict, description="backend options, e.g. {device: CPU} or {fp16: true}")
+    options: dict = Field(default_factory=dict, description="backend options, e.g. {device: CPU, hint: LATENCY}; each backend's "
+                          "Options schema (edgekit/backends/) says which keys it takes")
 
     @field_validator("host")
     @classmethod
     def _ssh(cls, v):
-        if v is not None and not re.match(r"^ssh://[^@\s]+@[^:\s]+(:\d+)?$", v):
-            raise ValueError(f"host '{v}' must look like ssh://user@host[:port]")
+        if v is not None and not re.fullmatch(r"ssh://[^@\s]+@[^:\s]+(:\d+)?", v):  # fullmatch: `$` would let a final newline in
+            raise ValueError(f"host {_quoted(v)} must look like ssh://user@host[:port]")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, v):
+        return printable(v, "target name")
+
+    @field_validator("options")
+    @classmethod
+    def _backend_options(cls, v, info):
+        """Kept as written (stage keys hash them), but checked against the backend's schema: a typo is an error."""
+        from edgekit.backends.base import check_options
+
+        if "backend" in info.data:  # else the backend itself is wrong, and that error is the one to show
+            check_options(info.data["backend"], v, on_device=info.data.get("host") is not None)
         return v
 
     @property
@@ -120,17 +146,49 @@ class TargetSettings(Strict):
         return self.name or (f"{self.backend}@{self.host[6:]}" if self.host else self.backend)
 
 
+class MinTop1(Strict):
+    """Top-1 agreement with the torch model each precision's converted/compiled graph must keep (edgekit.parity)."""
+    fp32: float = Field(MIN_TOP1["fp32"], ge=0, le=1)
+    fp16: float = Field(MIN_TOP1["fp16"], ge=0, le=1)
+    int8: float = Field(MIN_TOP1["int8"], ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_for_all(cls, v):
+        return {p: v for p in MIN_TOP1} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+class ParitySettings(Strict):
+    """The parity gate: `min_top1: 0.9` (every precision) or `min_top1: {int8: 0.9}` (the others keep their defaults)."""
+    min_top1: MinTop1 = Field(default_factory=MinTop1)
+
+
 class BenchSettings(Strict):
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
-    warmup: int = Field(20, ge=0)
-    min_iterations: int = Field(100, ge=1)
-    min_seconds: float = Field(2.0, gt=0)
+    """Bounded (edgekit.limits) so that a typo cannot start 10^5 threads or allocate a batch of 10^9."""
+    batch_sizes: list[Annotated[int, Field(ge=1, le=limits.MAX_BATCH)]] = Field(default_factory=lambda: [1], min_length=1)
+    warmup: int = Field(20, ge=0, le=limits.MAX_WARMUP)
+    min_iterations: int = Field(100, ge=1, le=limits.MAX_ITERATIONS)
+    min_seconds: float = Field(2.0, gt=0, le=limits.MAX_SECONDS, allow_inf_nan=False)
     threads: Optional[int] = Field(None, ge=1)
+    rounds: int = Field(5, ge=3, le=100, description="interleaved timing rounds over a target's variants; min_seconds and "
+                        "min_iterations are split over them (each variant at each batch size gets them in total)")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v):
+        if v is not None and v > limits.max_threads():
+            raise ValueError(f"{v} threads is more than {limits.max_threads()} ({limits.THREADS_PER_CPU} per CPU of this machine's {limits.cpu_count()})")
+        return v
 
 
 class Recipe(Strict):
     name: str = ""
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, v):
+        return printable(v, "recipe name")
     model: Optional[ModelSource] = Field(None, description="optional: `edgekit compress CHECKPOINT` gives it")
     data: DataSettings = Field(default_factory=AvdigitsData)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
@@ -138,6 +196,7 @@ class Recipe(Strict):
     variants: list[VariantSettings] = Field(min_length=1)
     targets: list[TargetSettings] = Field(default_factory=lambda: [TargetSettings(backend="onnxruntime")])
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    parity: ParitySettings = Field(default_factory=ParitySettings)
 
     @model_validator(mode="after")
     def _variant_names(self):
@@ -152,6 +211,12 @@ class Recipe(Strict):
         labels = [t.label for t in self.targets]
         if len(set(labels)) != len(labels):
             raise ValueError(f"two targets share a label ({labels}); give them distinct 'name's")
+        folders: dict[str, str] = {}
+        for label in labels:  # results go to targets/<slug of the label>/: two labels must not share a folder
+            other = folders.setdefault(slug(label).lower(), label)
+            if other != label:
+                raise ValueError(f"targets '{other}' and '{label}' would share the results folder targets/{slug(label)}; "
+                                 "give them names that differ in letters or digits, not only in punctuation or case")
         return self
 
 
@@ -170,12 +235,7 @@ def _read_yaml(p: Path, what: str = "recipe"):
     if not p.is_file():
         shipped = sorted(f.name for f in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
         raise EdgekitError(f"{what} {p} does not exist", f"pass a YAML file, e.g. recipes/{shipped[0] if shipped else 'quickstart.yaml'}")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EdgekitError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}", "check indentation and quoting") from None
+    return load_yaml(p, what)  # no aliases, no duplicate keys, bounded size and nesting (edgekit.io)
 
 
 def load_recipe(path) -> Recipe:
@@ -217,7 +277,7 @@ def resolve_calibration(settings: CalibrationSettings) -> CalibrationSettings:
     from edgekit.data.calibration import definition_path
 
     path = definition_path(settings.name)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path, "calibration definition") or {}
     if not isinstance(data, dict):
         raise EdgekitError(f"calibration definition {path} is not a YAML mapping", "see calibration/avdigits-256.yaml")
     data.pop("name", None)

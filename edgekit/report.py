@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from edgekit.bench import RUNTIME_PEAK_NOTE
 from edgekit.io import atomic_write_text
-from edgekit.judge import budget_of
+from edgekit.judge import SPEED_RULE, budget_of, choose, paired_ci, speed_verdict
 from edgekit.report_plots import write_figures
+from edgekit.report_precision import precision_section
 from edgekit.report_render import C, to_html, to_markdown
 from edgekit.results import Result, Results, load_results
 
@@ -52,6 +54,8 @@ class Row(NamedTuple):
     p50: float | None
     speedup: float | None
     size: int | None  # bytes on disk: the target's artifact, else the variant's own size
+    ci: tuple[float, float] | None = None  # 95% interval of the speedup (edgekit.agent.measure.speedup_ci)
+    verdict: str = ""  # faster / slower / no measurable difference / not judged (edgekit.judge.speed_verdict); "" for the reference
 
 
 def _metrics(res: Results, r: Result):
@@ -90,13 +94,41 @@ def analyse(res: Results) -> tuple[dict[str, list[Row]], list[str]]:
             delta = val - ref_v if val is not None and ref_v is not None else None
             p50 = c.latency[1].median if c.status == "ok" and 1 in c.latency else None
             limit = _budget(res, c.variant).max_accuracy_drop
+            sp = c.speedup if c.status == "ok" and c is not ref else None
+            ci = (tuple(sp.ci95) if sp.ci95 else None) if sp else (paired_ci(ref, c) if ref and c is not ref and p50 else None)
             rows.append(Row(c, val, torch_only, delta, None if delta is None else delta >= -limit - 1e-12,
-                            p50, ref_p50 / p50 if ref_p50 and p50 else None, _size(res, c)))
+                            p50, _speedup(sp, ref, c) or (ref_p50 / p50 if ref_p50 and p50 else None), _size(res, c), ci,
+                            "" if c is ref or not p50 else speed_verdict(ci)))
     return by_target, problems
 
 
+def _speedup(sp, ref, c) -> float | None:
+    """The recorded speedup (median per-round ratio, the statistic its interval is of); for rows without a record,
+    the same from their paired rounds; None when unpaired."""
+    if sp is not None and sp.value:
+        return sp.value
+    if ref is None or c is ref or ref.timing_session is None or ref.timing_session != c.timing_session:
+        return None
+    from edgekit.agent.measure import speedup_point
+
+    return speedup_point(ref.round_medians.get(1) or [], c.round_medians.get(1) or [])
+
+
+def _interval(w: Row) -> str:
+    return f"95% CI {w.ci[0]:.2f}–{w.ci[1]:.2f}×" if w.ci else "not judged: no paired timing rounds"
+
+
+def _cv_note(rows: list[Row]) -> str:
+    """The latency spread of the rows a verdict compares, when it is high: said next to the verdict."""
+    noisy = [(w.r.variant, s.cv) for w in rows if w and (s := w.r.latency.get(1)) and (s.high_variance or (s.cv or 0) > CV_WARN)]
+    return (f"; ⚠ high variation at batch 1 (CV {', '.join(f'{n} {pct(cv)}' for n, cv in noisy)}): the interval accounts for it, "
+            "but rerun on a quieter machine before trusting the latencies to the last digit") if noisy else ""
+
+
 def recommend(res: Results, by_target: dict[str, list[Row]]) -> dict[str, tuple[str, str, Row | None]]:
-    """Per target: (ok|warn|bad, sentence, chosen row): the fastest p50 at batch 1 among the variants within budget."""
+    """Per target: (ok|warn|bad, sentence, chosen row), by the speed rule (edgekit.judge.SPEED_RULE, choose): among
+    the variants within budget, simplest first (fewest passes), a variant replaces the current choice (at first the
+    reference) only when it is measurably faster than it."""
     out, ref_name = {}, res.reference_variant
     for t, rows in by_target.items():
         tgt = res.targets.get(t)
@@ -111,13 +143,24 @@ def recommend(res: Results, by_target: dict[str, list[Row]]) -> dict[str, tuple[
             out[t] = ("bad", f"no variant met the budget (≤ {100 * res.budget.max_accuracy_drop:.1f} pt {res.budget.metric} drop "
                              f"vs {ref_name}) with a latency measurement", None)
         else:
-            best = min(ok, key=lambda w: w.p50)
-            if best.r.variant == ref_name:
-                out[t] = ("warn", f"keep {ref_name}: no compressed variant within the budget is faster ({ms(best.p50)} p50 at batch 1)", best)
+            order = list(res.variants)
+            cands = sorted((w for w in ok if w is not ref), key=lambda w: (len(getattr(res.variants.get(w.r.variant), "passes", None) or []),
+                                                                           order.index(w.r.variant) if w.r.variant in order else len(order)))
+            best = choose(ref, cands)
+            faster = max((w for w in cands if w is not best and w.p50 < best.p50), key=lambda w: w.speedup, default=None)
+            if best is ref:
+                near = max(cands, key=lambda w: w.speedup or 0, default=None)
+                text = (f"keep {ref_name}: no compressed variant is within the budget ({ms(ref.p50)} p50 at batch 1)" if near is None else
+                        f"keep {ref_name}: every variant within the budget is slower" if near.verdict == "slower" else
+                        f"keep {ref_name}: no measurable difference — no variant within the budget is faster with 95% confidence")
+                text += f" (closest: {near.r.variant} {times(near.speedup)}, {_interval(near)})" if near else ""
+                out[t] = ("warn", text + _cv_note([ref, near]), ref)
             else:
-                out[t] = ("ok", f"ship {best.r.variant}: {times(best.speedup)} faster than {ref_name} ({ms(best.p50)} vs {ms(ref.p50)} "
-                                f"p50 at batch 1), {res.budget.metric} {pts(best.delta)} ({pct(best.metric)} vs {pct(ref.metric)})"
-                                + (" †" if best.torch_only else ""), best)
+                also = (f"; {faster.r.variant} ({times(faster.speedup)}) is not measurably faster than {best.r.variant}, "
+                        f"so the simpler {best.r.variant} is recommended" if faster else "")
+                out[t] = ("ok", f"ship {best.r.variant}: {times(best.speedup)} faster than {ref_name} ({_interval(best)}; {ms(best.p50)} vs "
+                                f"{ms(ref.p50)} p50 at batch 1), {res.budget.metric} {pts(best.delta)} ({pct(best.metric)} vs {pct(ref.metric)})"
+                                + (" †" if best.torch_only else "") + also + _cv_note([ref, best]), best)
     return out
 
 
@@ -130,10 +173,15 @@ def build(res: Results):
     ref, budget = res.reference_variant, res.budget
     B = [("h2", "Recommendation", "recommendation"),
          ("p", f"Budget: at most {100 * budget.max_accuracy_drop:.1f} pt {budget.metric} drop vs {ref} on the same target; "
-               "among the variants within it, the one with the lowest p50 latency at batch 1."
+               "among the variants within it, the fastest at batch 1 by the speed rule. "
+               + SPEED_RULE.format(ref=ref) + f" ({_rounds(res)})"
                + "".join(f" {n} has its own budget: {100 * v.budget.max_accuracy_drop:.1f} pt." for n, v in res.variants.items()
                          if v.budget is not None and v.budget.max_accuracy_drop != budget.max_accuracy_drop))]
     B += [("box", kind, f"{t} ({_where(res, t)})", text) for t, (kind, text, _) in recs.items()]
+    if res.data is not None:
+        d = res.data
+        B += [("p", f"Data: {d.source or 'not recorded'}; accuracies are on the test split ({d.test_size} samples, {d.classes} classes)"
+                    + (f"; chance level (always the most common class) is {pct(d.chance)}." if d.chance is not None else "."))]
 
     failed = [(f"variant {n}", v.reason) for n, v in res.variants.items() if v.status == "failed"]
     failed += [(f"target {n}", t.reason) for n, t in res.targets.items() if t.status == "failed"]
@@ -154,7 +202,7 @@ def build(res: Results):
         big = max((b for w in rows for b in w.r.throughput), default=None)
         head = ["Variant", C("Accuracy", sub="95% CI"), C(f"Δ vs {ref}", sub="budget"), C("Macro-F1", sub="95% CI"),
                 *(C(q, sub="batch 1") for q in ("p50", "p90", "p99")), C("Throughput", sub=f"batch {big}" if big else ""),
-                C("Speedup", sub=f"vs {ref}"), C("Size", sub="on disk"), "Params", "MACs", "Peak mem", "Build"] + (["Power", "Energy/inf"] if power else [])
+                C("Speedup", sub=f"vs {ref}, 95% CI"), C("Size", sub="on disk"), "Params", "MACs", C("Peak mem", sub="runtime alone"), "Build"] + (["Power", "Energy/inf"] if power else [])
         body = []
         for w in rows:
             r, v = w.r, res.variants.get(w.r.variant)
@@ -168,18 +216,33 @@ def build(res: Results):
             verdict = C(pts(w.delta), *(("pass", 1, f"within {lim}") if w.passes else ("fail", 1, f"over {lim}"))) if w.passes is not None else C("–", "muted")
             body.append([name, ci(m and m.accuracy, m and m.accuracy_ci95, mark), verdict,
                          ci(m and m.f1_macro, m and m.f1_macro_ci95, mark), *(ms(lat and getattr(lat, k)) for k in ("median", "p90", "p99")),
-                         per_s(r.throughput.get(big)) if big else "–", times(w.speedup), mb(w.size), count(v and v.params),
-                         mmacs(v and v.macs), mb(r.peak_rss_bytes), secs(r.build_seconds)]
+                         per_s(r.throughput.get(big)) if big else "–", _speed_cell(w), mb(w.size), count(v and v.params),
+                         mmacs(v and v.macs), _peak(r), secs(r.build_seconds)]
                         + ([_unit(r.power and r.power.avg_watts, 1, "W"), _unit(r.power and r.power.energy_per_inference_j, 1e3, "mJ")] if power else []))
         B.append(("table", head, body))
-    B.append(("note", f"Latency at batch 1. Speedup = {ref} p50 / variant p50 on the same target. Δ and the budget use {budget.metric}. "
-                      "† = torch model's metric (the target measured none). Peak mem = peak resident memory of the benchmark process."))
+    B.append(("note", f"Latency at batch 1. Speedup = {ref} p50 / variant p50 on the same target (95% CI and verdict: the speed rule above). Δ and the budget use {budget.metric}. "
+                      "† = torch model's metric (the target measured none). Peak mem = " + RUNTIME_PEAK_NOTE
+                      + "; ‡ = the whole measuring process's peak instead (an older run, or torch was loaded)."))
     B += [("h2", "Accuracy vs latency and size", "plots"), ("figure", "pareto", "Accuracy vs p50 latency at batch 1, one series per target"),
           ("figure", "size_accuracy", "Accuracy vs model size on disk")]
     B += _multimodal(res, by_target, recs) + _trust(res, by_target)
     if res.baselines and res.baselines.rows:
         B += _baselines(res)
     return B + _reproduce(res), recs, by_target
+
+
+def _speed_cell(w: Row) -> C:
+    kind = {"faster": "pass", "slower": "fail"}.get(w.verdict, "")
+    return C(times(w.speedup), kind, sub=(f"{w.ci[0]:.2f}–{w.ci[1]:.2f}, " if w.ci else "") + w.verdict if w.verdict else "")
+
+
+def _rounds(res: Results) -> str:
+    n = sorted({len(r.round_medians.get(1) or []) for r in res.results if r.status == "ok" and r.latency})
+    return f"{'/'.join(map(str, n))} rounds per target" if n != [0] and n else "no interleaved timing rounds were recorded: speed is not judged"
+
+
+def _peak(r: Result) -> str:
+    return "–" if r.peak_rss_bytes is None else mb(r.peak_rss_bytes) + ("" if getattr(r, "peak_rss_scope", None) == "runtime" else " ‡")
 
 
 def _unit(x, scale, unit):
@@ -229,18 +292,25 @@ def _multimodal(res: Results, by_target, recs) -> list:
     if rows:
         B += [("h3", "Per-branch cost before and after the passes"),
               ("table", ["Variant", "Branch", "Params before", "Params after", "Δ", "MACs before", "MACs after", "Δ"], rows)]
-    B += _pruned_structure(res)
-    t, w = next(((t, rec[2]) for t, rec in recs.items() if rec[2] is not None), (None, None))
-    ref_row = next((x for x in by_target.get(t, []) if x.r.variant == ref), None)
-    cm, rm = (_metrics(res, w.r)[0] if w else None), (_metrics(res, ref_row.r)[0] if ref_row else None)
-    if cm and cm.per_class_f1:
-        cls = list(cm.per_class_f1)
-        lines = [[C(f"{w.r.variant} (chosen)", "txt"), *(pct(cm.per_class_f1[c]) for c in cls)]]
-        if rm and w.r.variant != ref:
-            lines += [[C(ref, "txt"), *(pct(rm.per_class_f1.get(c)) for c in cls)],
-                      [C("Δ", "txt"), *(pts(cm.per_class_f1[c] - rm.per_class_f1[c]) if c in rm.per_class_f1 else "–" for c in cls)]]
-        B += [("h3", f"Per-class F1 of the chosen variant ({w.r.variant} on {t})"), ("table", ["Class", *cls], lines)]
-    return B
+    return B + _pruned_structure(res) + _per_class(res, by_target, recs)
+
+
+def _per_class(res: Results, by_target, recs) -> list:
+    """Per-class F1 of each target's recommended variant, measured on that target, next to the reference there."""
+    ref, lines, cls = res.reference_variant, [], []
+    for t, (_, _, w) in recs.items():
+        ref_row = next((x for x in by_target.get(t, []) if x.r.variant == ref), None)
+        cm, rm = (_metrics(res, w.r) if w else (None, False)), (_metrics(res, ref_row.r)[0] if ref_row else None)
+        if not (cm[0] and cm[0].per_class_f1):
+            continue
+        f1, where = cm[0].per_class_f1, "torch †" if cm[1] else t
+        cls = cls or list(f1)
+        lines.append([C(f"{w.r.variant} on {where}", "txt", sub="chosen, the reference kept" if w.r.variant == ref else "chosen"),
+                      *(pct(f1.get(c)) for c in cls)])
+        if rm and rm.per_class_f1 and w.r.variant != ref:
+            lines += [[C(f"{ref} on {t}", "txt"), *(pct(rm.per_class_f1.get(c)) for c in cls)],
+                      [C("Δ", "txt"), *(pts(f1[c] - rm.per_class_f1[c]) if c in f1 and c in rm.per_class_f1 else "–" for c in cls)]]
+    return [("h3", "Per-class F1 of the chosen variant on each target"), ("table", ["Variant", *cls], lines)] if lines else []
 
 
 def _pruned_structure(res: Results) -> list:
@@ -259,12 +329,13 @@ def _pruned_structure(res: Results) -> list:
 
 
 def _trust(res: Results, by_target) -> list:
-    from edgekit.parity import MIN_TOP1  # the same thresholds as the export's parity check
+    from edgekit.parity import threshold  # the gate the compile applied (recorded), else the default one
 
     B = [("h2", "Trust", "trust"), ("h3", "Parity of each deployed artifact vs its torch model")]
     rows = []
     for w in (w for rows_ in by_target.values() for w in rows_ if w.r.parity):
-        p, need = w.r.parity, MIN_TOP1.get(w.r.precision or "fp32", 0.99)
+        p = w.r.parity
+        need = threshold(w.r.precision, getattr(p, "min_top1", None))
         rows.append([C(w.r.variant, "txt"), C(w.r.target, "txt"), C(pct(p.top1_agreement), "pass" if (p.top1_agreement or 0) >= need else "fail", sub=f"need ≥ {pct(need)}"),
                      *(f"{x:.3g}" if x is not None else "–" for x in (p.max_abs_diff, p.mean_abs_diff)), str(p.n or "–")])
     B.append(("table", ["Variant", "Target", "Top-1 agreement", "Max |Δlogit|", "Mean |Δlogit|", "Samples"], rows) if rows else ("p", "No parity was recorded."))
@@ -279,16 +350,7 @@ def _trust(res: Results, by_target) -> list:
             B.append(("box", "warn", "calibration gaps", f"no calibration samples for: {', '.join(empty)}"))
     else:
         B.append(("p", "None recorded (no INT8 variant, or the run did not record it)."))
-    for n, v in res.variants.items():
-        if v.precision_map:
-            kinds: dict[str, int] = {}
-            for lp in v.precision_map.values():
-                kinds[lp.precision] = kinds.get(lp.precision, 0) + 1
-            table = lambda items: [[C(k, "txt"), C(lp.precision, "txt"), C(lp.why or "–", "txt")] for k, lp in items]  # noqa: E731
-            kept = [(k, lp) for k, lp in v.precision_map.items() if lp.precision != "int8"]
-            B += [("h3", f"Precision map of {n}: " + ", ".join(f"{c} {k}" for k, c in kinds.items()) + " layers"),
-                  ("table", ["Layer kept in float", "Precision", "Why"], table(kept)) if kept else ("p", "Every layer runs in INT8."),
-                  ("details", f"all {len(v.precision_map)} layers of {n}", [("table", ["Layer", "Precision", "Why"], table(v.precision_map.items()))])]
+    B += precision_section(res, by_target)
     B.append(("h3", "Benchmark variation"))
     measured = [w.r for rows_ in by_target.values() for w in rows_ if w.r.latency]
     batches = sorted({b for r in measured for b in r.latency})

@@ -5,6 +5,7 @@ SVG), so both always say the same. A block is a tuple: ("h2", title, anchor), ("
 from __future__ import annotations
 
 import html
+import re
 from typing import NamedTuple
 
 from edgekit.results import Results
@@ -21,20 +22,40 @@ class C(NamedTuple):
 _MARK = {"pass": "✅ ", "ok": "✅ ", "fail": "❌ ", "bad": "❌ ", "warn": "⚠️ "}
 
 
+# What a Markdown renderer would not show as written: HTML (`<`, an entity), a link (`](`), emphasis (`*`, `~`, a `_` at a
+# word's edge: GFM leaves snake_case alone), a table cell's end (`|`), a backslash escape; at a line's start, a block.
+_MD = re.compile(r"<|&(?=#?\w+;)|\](?=\()|[\\*~|]|(?<!\w)_|_(?!\w)")
+_MD_LINE_START = re.compile(r"^([#+\->=]|\d+[.)])")
+
+
+def md(text, starts_line: bool = False) -> str:
+    """Text as it reads, in Markdown: the names in a report (variants, targets, the recipe's) come from the user's
+    files, and a renderer must show `<script>`, `[x](javascript:...)` or `**` as the characters they are, not as HTML,
+    a link or bold. Control characters (a newline would start a new block) become spaces; the rest reads unchanged."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    text = _MD.sub(lambda m: {"<": "&lt;", "&": "&amp;"}.get(m[0], "\\" + m[0]), text)
+    return _MD_LINE_START.sub(r"\\\1", text) if starts_line else text
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so the text cannot close it."""
+    return "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+
+
 def _md_cells(row) -> list[str]:
     out = []
     for c in map(lambda c: c if isinstance(c, C) else C(c), row):
-        text = _MARK.get(c.cls.split(" ")[0], "") + c.text + (f" ({c.sub})" if c.sub else "")
-        out += [text.replace("|", "\\|").replace("\n", " ")] + [""] * (c.span - 1)
+        out += [_MARK.get(c.cls.split(" ")[0], "") + md(c.text) + (f" ({md(c.sub)})" if c.sub else "")] + [""] * (c.span - 1)
     return out
 
 
 def _md_blocks(blocks) -> list[str]:
     out = []
     for kind, *a in blocks:
-        out += {"h2": lambda: [f"## {a[0]}"], "h3": lambda: [f"### {a[0]}"], "p": lambda: [a[0]], "note": lambda: [f"_{a[0]}_"],
-                "box": lambda: [f"> {_MARK.get(a[0], '')}**{a[1]}**: {a[2]}"], "figure": lambda: [f"![{a[1]}]({a[0]}.png)"],
-                "pre": lambda: ["```", a[0], "```"], "details": lambda: [f"<details><summary>{a[0]}</summary>", "", *_md_blocks(a[1]), "</details>"],
+        out += {"h2": lambda: [f"## {md(a[0])}"], "h3": lambda: [f"### {md(a[0])}"], "p": lambda: [md(a[0], starts_line=True)], "note": lambda: [f"_{md(a[0])}_"],
+                "box": lambda: [f"> {_MARK.get(a[0], '')}**{md(a[1])}**: {md(a[2])}"], "figure": lambda: [f"![{md(a[1])}]({a[0]}.png)"],
+                "pre": lambda: [_fence(a[0]), a[0], _fence(a[0])],
+                "details": lambda: [f"<details><summary>{html.escape(' '.join(str(a[0]).split()))}</summary>", "", *_md_blocks(a[1]), "</details>"],
                 "table": lambda: ["| " + " | ".join(_md_cells(a[0])) + " |", "|" + "---|" * len(a[0]), *("| " + " | ".join(_md_cells(r)) + " |" for r in a[1])],
                 }[kind]() + [""]
     return out
@@ -88,7 +109,9 @@ th{background:#f6f8fa;font-weight:600} th:first-child,.txt{text-align:left} tbod
 td small,th small{display:block;color:var(--muted);font-size:11px;font-weight:400}
 td.pass{color:var(--ok);font-weight:600} td.fail{color:var(--bad);font-weight:600} td.warn{color:var(--warn);font-weight:600;background:var(--warnbg)}
 td.muted{color:var(--muted)} td.fail.txt,td.warn.txt{white-space:normal}
-figure{margin:10px 1% 10px 0;display:inline-block;width:48.5%;min-width:460px;vertical-align:top} figure svg{width:100%;height:auto}
+figure{margin:10px 1% 10px 0;display:inline-block;width:48.5%;min-width:min(460px,100%);max-width:100%;vertical-align:top;box-sizing:border-box}
+figure svg{display:block;width:100%;max-width:100%;height:auto} p,.box span,td.txt{overflow-wrap:anywhere}
+@media (max-width:700px){main{padding:16px 12px 48px} figure{width:100%;margin:10px 0}}
 figcaption{color:var(--muted);font-size:12.5px;text-align:center}
 pre{background:#f6f8fa;border:1px solid var(--line);border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:12.5px}
 details{margin:6px 0} summary{cursor:pointer;color:#0969da}
@@ -96,7 +119,7 @@ details{margin:6px 0} summary{cursor:pointer;color:#0969da}
 
 
 def to_markdown(res: Results, blocks: list) -> str:
-    return "\n".join([f"# edgekit report: {res.run.name or 'run'}", "", _meta(res), "", *_md_blocks(blocks)])
+    return "\n".join([f"# edgekit report: {md(res.run.name or 'run')}", "", md(_meta(res)), "", *_md_blocks(blocks)])
 
 
 def to_html(res: Results, blocks: list, svgs: dict) -> str:

@@ -16,22 +16,28 @@ Shape (one line per block; see the models below for every field)::
      "variants": {NAME: {status, reason, passes, params, macs, size_bytes, branch_stats, precision_map, torch_metrics, budget}},
      "targets": {NAME: {backend, location, status, reason, fingerprint}},
      "results": [{variant, target, status, reason, precision, metrics, parity, latency: {BATCH: stats},
-                  throughput: {BATCH: samples/s}, peak_rss_bytes, build_seconds, artifact_size_bytes, power}],
+                  throughput: {BATCH: samples/s}, peak_rss_bytes, build_seconds, artifact_size_bytes, power,
+                  round_medians: {BATCH: [s per round]}, timing_session, speedup: {vs, value, ci95, rounds, verdict},
+                  runtime_precision: {source, int8_mac_share, macs, mac_layers, layers_by_kind}}],
      "baselines": {title, note, rows: [{name, backend, accuracy, f1_macro, latency_p50, ...}]}   # optional
     }
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json
+from edgekit.io import atomic_write_json, load_json
 
 SCHEMA = "edgekit-results/1"
+# What a recommendation is computed from is finite and never negative: a NaN or negative latency in a hand-edited or
+# damaged file is refused on load, naming the field, instead of ranking first.
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a time, rate or power
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]  # an accuracy or F1
+Count = Annotated[int, Field(ge=0)]  # samples, bytes, parameters
 Status = Literal["ok", "failed"]
 
 
@@ -60,11 +66,19 @@ class Calibration(_Open):
     modality_coverage: dict[str, float] = Field(default_factory=dict, description="fraction of samples in which each modality is present")
 
 
+class DataInfo(_Open):
+    """What the accuracies were measured on, so a reader can tell a good number from a bad one."""
+    source: str = Field("", description="where the samples came from (e.g. avdigits with FSDD recordings, or synthesized speech)")
+    classes: Count = Field(0, description="number of classes")
+    test_size: Count = Field(0, description="samples in the test split the accuracies are measured on")
+    chance: Optional[float] = Field(None, ge=0, le=1, description="accuracy of always answering the test split's most common class")
+
+
 class Metrics(_Open):
     """As returned by edgekit.evaluate.evaluate (fractions in [0, 1])."""
-    n: Optional[int] = Field(None, description="number of evaluated samples")
-    accuracy: Optional[float] = None
-    f1_macro: Optional[float] = None
+    n: Optional[Count] = Field(None, description="number of evaluated samples")
+    accuracy: Optional[Fraction] = None
+    f1_macro: Optional[Fraction] = None
     accuracy_ci95: Optional[tuple[float, float]] = Field(None, description="95% bootstrap interval of accuracy")
     f1_macro_ci95: Optional[tuple[float, float]] = Field(None, description="95% bootstrap interval of macro-F1")
     per_class_f1: dict[str, float] = Field(default_factory=dict)
@@ -91,9 +105,9 @@ class Variant(_Open):
     reason: str = Field("", description="why it failed (required in practice when status is failed)")
     precision: Optional[str] = Field(None, description="fp32 | fp16 | int8")
     passes: list[dict] = Field(default_factory=list, description="the record of each pass, in order: {'pass': 'prune'|'distill'|'quantize', ...}")
-    params: Optional[int] = None
-    macs: Optional[int] = None
-    size_bytes: Optional[int] = Field(None, description="size of the variant's ONNX file")
+    params: Optional[Count] = None
+    macs: Optional[Count] = None
+    size_bytes: Optional[Count] = Field(None, description="size of the variant's ONNX file")
     branch_stats: Optional[BranchStats] = None
     precision_map: Optional[dict[str, LayerPrecision]] = Field(None, description="per layer, for quantized variants")
     torch_metrics: Optional[Metrics] = Field(None, description="metrics of the torch model (before compiling)")
@@ -112,15 +126,16 @@ class LatencyStats(_Open):
     """Seconds per batch, over the timed iterations. Stats in milliseconds marked `unit: "ms"` (as
     edgekit.agent.measure.summarize writes them) are converted to seconds on load."""
     unit: Literal["s"] = "s"
-    median: Optional[float] = None
-    p90: Optional[float] = None
-    p99: Optional[float] = None
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    cv: Optional[float] = Field(None, description="std / mean")
-    min: Optional[float] = None
-    max: Optional[float] = None
-    n: Optional[int] = Field(None, description="timed iterations")
+    median: Optional[NonNeg] = None
+    p90: Optional[NonNeg] = None
+    p95: Optional[NonNeg] = None
+    p99: Optional[NonNeg] = None
+    mean: Optional[NonNeg] = None
+    std: Optional[NonNeg] = None
+    cv: Optional[NonNeg] = Field(None, description="std / mean")
+    min: Optional[NonNeg] = None
+    max: Optional[NonNeg] = None
+    n: Optional[Count] = Field(None, description="timed iterations")
     high_variance: Optional[bool] = Field(None, description="the benchmark's own verdict that the numbers are unstable")
 
     @model_validator(mode="before")
@@ -142,8 +157,28 @@ class Parity(_Open):
 
 
 class Power(_Open):
-    avg_watts: Optional[float] = None
-    energy_per_inference_j: Optional[float] = None
+    avg_watts: Optional[NonNeg] = None
+    energy_per_inference_j: Optional[NonNeg] = None
+
+
+class Speedup(_Open):
+    """How much faster than the reference on the same target (edgekit.judge.speedup_record)."""
+    vs: str = Field(description="the variant compared with (the reference)")
+    batch: int = 1
+    value: Optional[float] = Field(None, description="median over the paired rounds of reference p50 / this p50 (the pooled p50 ratio without rounds)")
+    ci95: Optional[tuple[float, float]] = Field(None, description="95% bootstrap interval over the interleaved rounds")
+    rounds: int = Field(0, description="paired timing rounds behind the interval")
+    verdict: str = Field("not judged", description="faster | slower | no measurable difference | not judged")
+
+
+class RuntimePrecision(_Open):
+    """What the target's runtime executes in INT8, read from the runtime (edgekit.runtime_precision)."""
+    source: str = Field("", description="where the map comes from (OpenVINO executed graph, ORT profiler, TensorRT inspector)")
+    int8_mac_share: Optional[float] = Field(None, ge=0, le=1, description="share of the MACs executed by INT8 kernels")
+    macs: dict[str, int] = Field(default_factory=dict, description="MACs of one sample per executed precision")
+    mac_layers: list[dict] = Field(default_factory=list, description="executed layers that carry MACs: name, type, kernel, precision, macs")
+    layers_by_kind: dict[str, int] = Field(default_factory=dict, description="executed layers per 'type [precision]'")
+    error: str = Field("", description="why there is no map")
 
 
 class Result(_Open):
@@ -156,11 +191,15 @@ class Result(_Open):
     metrics: Optional[Metrics] = Field(None, description="measured on the target's artifact")
     parity: Optional[Parity] = None
     latency: dict[int, LatencyStats] = Field(default_factory=dict, description="per batch size")
-    throughput: dict[int, float] = Field(default_factory=dict, description="samples per second, per batch size")
-    peak_rss_bytes: Optional[int] = None
-    build_seconds: Optional[float] = Field(None, description="compile time of the artifact")
-    artifact_size_bytes: Optional[int] = None
+    throughput: dict[int, NonNeg] = Field(default_factory=dict, description="samples per second, per batch size")
+    peak_rss_bytes: Optional[Count] = None
+    build_seconds: Optional[NonNeg] = Field(None, description="compile time of the artifact")
+    artifact_size_bytes: Optional[Count] = None
     power: Optional[Power] = None
+    round_medians: dict[int, list[NonNeg]] = Field(default_factory=dict, description="per batch size, the p50 of each interleaved timing round, seconds")
+    timing_session: Optional[str] = Field(None, description="rows timed in the same interleaved rounds share it")
+    speedup: Optional[Speedup] = Field(None, description="vs the reference on the same target, batch 1")
+    runtime_precision: Optional[RuntimePrecision] = None
 
 
 class BaselineRow(_Open):
@@ -168,12 +207,12 @@ class BaselineRow(_Open):
     name: str
     backend: Optional[str] = None
     target: Optional[str] = None
-    accuracy: Optional[float] = None
-    f1_macro: Optional[float] = None
-    latency_p50: Optional[float] = Field(None, description="seconds at batch 1")
-    latency_p99: Optional[float] = None
-    throughput: Optional[float] = Field(None, description="samples per second")
-    size_bytes: Optional[int] = None
+    accuracy: Optional[Fraction] = None
+    f1_macro: Optional[Fraction] = None
+    latency_p50: Optional[NonNeg] = Field(None, description="seconds at batch 1")
+    latency_p99: Optional[NonNeg] = None
+    throughput: Optional[NonNeg] = Field(None, description="samples per second")
+    size_bytes: Optional[Count] = None
 
 
 class Baselines(_Open):
@@ -188,6 +227,7 @@ class Results(_Open):
     budget: Budget = Field(default_factory=Budget)
     reference_variant: str = Field("fp32", description="the variant every other one is compared with, on the same target")
     calibration: Optional[Calibration] = None
+    data: Optional[DataInfo] = None
     variants: dict[str, Variant] = Field(default_factory=dict)
     targets: dict[str, Target] = Field(default_factory=dict)
     results: list[Result] = Field(default_factory=list)
@@ -244,10 +284,7 @@ def load_results(path) -> Results:
         path = path / "results.json"
     if not path.exists():
         raise EdgekitError(f"{path} does not exist", "pass a run directory written by `edgekit run` (it holds results.json)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"{path} is not valid JSON ({e})", "the file is corrupt or truncated: re-run the stage that wrote it (`edgekit run` resumes)") from e
+    data = load_json(path, "results file")  # bounded size and nesting, no duplicate keys (edgekit.io)
     if not isinstance(data, dict):
         raise EdgekitError(f"{path} holds a JSON {type(data).__name__}, not an object", "it is not an edgekit results file")
     if data.get("schema") != SCHEMA:
@@ -301,10 +338,29 @@ def variant_record(metrics: dict, budget: dict) -> dict:
 
 
 def results_document(run: dict, budget: dict, reference_variant: str, calibration: dict, variants: dict, targets: dict,
-                     rows: list) -> dict:
+                     rows: list, data: dict | None = None) -> dict:
     """A whole results.json document in this schema (validated by save_results when written)."""
     return {"schema": SCHEMA, "run": run, "budget": budget, "reference_variant": reference_variant,
-            "calibration": calibration, "variants": variants, "targets": targets, "results": rows}
+            "calibration": calibration, "data": data, "variants": variants, "targets": targets, "results": rows}
+
+
+def _source_phrase(source: str) -> str:
+    """avdigits' source ids ("fsdd:PATH:N", "espeak-ng") in words; any other source as it is."""
+    if source.startswith("fsdd:") and source.count(":") >= 2:
+        path, n = source[5:].rsplit(":", 1)
+        return f"avdigits with {n} real FSDD spoken-digit recordings ({path})"
+    return "avdigits with speech synthesized by espeak-ng (no FSDD folder given)" if source == "espeak-ng" else source
+
+
+def data_record(described: dict) -> dict | None:
+    """DataInfo from a resolved dataset's describe() (compress.json's `data`): source, classes, test size, chance."""
+    test = (described or {}).get("splits", {}).get("test")
+    if not test:
+        return None
+    counts = list(test.get("classes", {}).values())
+    size = int(test.get("size", 0))
+    return {"source": _source_phrase(str(described.get("source", ""))), "classes": len(described.get("classes", [])), "test_size": size,
+            "chance": round(max(counts) / size, 4) if size and counts else None}
 
 
 def baseline_row(name: str, backend: str, precision: str, metrics: dict, latency_b1_ms: dict, throughput_b8: float,

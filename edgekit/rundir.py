@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json, ensure_dir, file_sha256, write_error
+from edgekit.io import atomic_write_json, ensure_dir, file_sha256, load_json, remove_stale_temp_files, write_error
 
 _HELD: dict[str, int] = {}  # lock path -> depth: a stage inside `edgekit run` takes the lock its caller holds
 
 
 class RunLock:
-    """An flock on RUN_DIR/.lock: released by the kernel even on SIGKILL, so a crashed run never blocks the next.
-    Re-entrant within one process (the run holds it while its stages take it again)."""
+    """An flock on RUN_DIR/.lock: released by the kernel even on SIGKILL, so a crashed run never blocks the next,
+    which removes the temp files the crashed one left. Re-entrant within one process (the run holds it while its
+    stages take it again)."""
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / ".lock"
@@ -43,6 +44,7 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         _HELD[key] = 1
+        remove_stale_temp_files(self.path.parent, recursive=True)  # what a killed run's writes left, anywhere in the run
         return self
 
     def __exit__(self, *exc):
@@ -78,10 +80,18 @@ class Stages:
         if stage.split("/")[0] in self.force or stage in self.force:
             return False
         try:
-            stamp = json.loads(self._stamp(stage).read_text())
-        except (OSError, json.JSONDecodeError):
+            stamp = load_json(self._stamp(stage), "stage record")
+        except EdgekitError:  # missing or damaged: the stage is redone
+            return False
+        if not isinstance(stamp, dict):
             return False
         return stamp.get("key") == key and all(Path(p).exists() for p in stamp.get("outputs", []))
+
+    def redo(self, stage: str, *records) -> None:
+        """Before a stage's outputs change: remove its stamp and the `records` that vouch for them (written again
+        last), so an interrupted redo never leaves an old record beside new files."""
+        for p in (self._stamp(stage), *records):
+            Path(p).unlink(missing_ok=True)
 
     def mark(self, stage: str, key: str, outputs=()) -> None:
         atomic_write_json(self._stamp(stage), {"key": key, "outputs": [str(p) for p in outputs], "finished": time.time()})

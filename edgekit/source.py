@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe
 from edgekit.spec import ModelSpec
-from edgekit.ui import console, progress as progress_bar
+from edgekit.ui import console, escape, progress as progress_bar
 
 
 def source_checkpoint(checkpoint_path, recipe: Recipe, out: Path, retrain: bool = False, recipe_path=None) -> Path:
@@ -30,7 +30,7 @@ def source_checkpoint(checkpoint_path, recipe: Recipe, out: Path, retrain: bool 
         had = cfg.get("training", {})
         if (had.get("preset"), had.get("fusion")) == (t.preset, t.fusion) and t.epochs in (None, had.get("epochs")):
             return target
-    console.print(f"training a {t.preset}/{t.fusion} reference model into {target}")
+    console.print(escape(f"training a {t.preset}/{t.fusion} reference model into {target}"), highlight=False)
     with progress_bar(f"training {t.preset}/{t.fusion}") as advance:
         train_reference(t.preset, t.fusion, target, fsdd=getattr(recipe.data, "fsdd", None), seed=recipe.data.seed, epochs=t.epochs, text_kind=t.text,
                         progress=lambda n, loss: advance(n, info=f"loss {loss:.3f}"))

@@ -1,17 +1,27 @@
 """The contract every stage shares: what a model takes and returns, by name."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgekit.agent.measure import (
     MASK_INPUT as MASK_INPUT,  # defined once, in the numpy-only measurement core
     random_feed,
 )
 from edgekit.errors import EdgekitError
+from edgekit.limits import MAX_DIM, MAX_SAMPLE_BYTES, itemsize
+
+
+def _dims(shape: list) -> list:
+    """A shape's axes must be sizes 1..MAX_DIM or None (dynamic): checked before anything is allocated from it."""
+    for axis, d in enumerate(shape):
+        if d is not None and not 1 <= d <= MAX_DIM:
+            raise ValueError(f"axis {axis} of shape {shape} is {d}; a size must be between 1 and {MAX_DIM} (or null for the batch axis)")
+    return shape
 
 
 class InputSpec(BaseModel):
@@ -25,11 +35,27 @@ class InputSpec(BaseModel):
     # {"mask_of": "input_ids"}; None for models recorded before per-input preprocessing (see ModelSpec.preprocessing)
     preprocess: Optional[dict] = None
 
+    @field_validator("shape")
+    @classmethod
+    def _sizes(cls, v):
+        return _dims(v)
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample of this input: every axis but a dynamic batch axis (another dynamic axis counts as 1)."""
+        axes = self.shape[1:] if self.shape[:1] == [None] else self.shape
+        return math.prod(d or 1 for d in axes) * itemsize(self.dtype)
+
 
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "logits"
     shape: list[Optional[int]]
+
+    @field_validator("shape")
+    @classmethod
+    def _sizes(cls, v):
+        return _dims(v)
 
 
 class ModelSpec(BaseModel):
@@ -42,6 +68,18 @@ class ModelSpec(BaseModel):
     # how each modality is absent for this model (edgekit.data.missing, the recipe's `data.missing` shape):
     # {modality: {"inputs": [...], "mask": {"input": ..., "column": j}} | "never"}; {} = implied by `inputs`
     missing: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sample_size(self):
+        if self.sample_bytes > MAX_SAMPLE_BYTES:
+            raise ValueError(f"one sample of the inputs would take {self.sample_bytes:,} bytes, more than {MAX_SAMPLE_BYTES:,} "
+                             f"(shapes {', '.join(f'{i.name}{_fmt(i.shape)}' for i in self.inputs)})")
+        return self
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample of all inputs: a batch of B takes B times this."""
+        return sum(i.sample_bytes for i in self.inputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -104,6 +142,25 @@ class ModelSpec(BaseModel):
                 where = f" in sample(s) {', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}" if len(rows) else ""
                 raise EdgekitError(f"input '{i.name}' contains {n_nan} NaN and {n_inf} Inf value(s){where}",
                                    "clean or impute the input before inference (e.g. np.nan_to_num, or drop those samples)")
+
+
+def spec_from(data, origin: str) -> ModelSpec:
+    """A ModelSpec from parsed JSON (a dict, or a JSON string such as an ONNX file's metadata), or a one-line
+    EdgekitError naming `origin` (the file) and the first invalid field."""
+    from pydantic import ValidationError
+
+    if isinstance(data, str):
+        from edgekit.io import parse_json
+
+        data = parse_json(data, f"the model spec in {origin}")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "the top level"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise EdgekitError(f"{origin} has an invalid model spec at {where}: {msg}",
+                           "the file is damaged or was not written by edgekit: re-export or restore it") from None
 
 
 def _fmt(shape) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgekit._optional import require
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.io import atomic_path, slug
 
 DEFAULT_PYTHON = "python3"
@@ -39,9 +39,14 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> "Target":
+        if not url.isprintable():  # urlsplit silently drops a newline or tab: the device named would not be the one written
+            raise EdgekitError(f"target {url!r} contains a control character (newline, tab, ...)", "write the target on one line: ssh://user@host[:port]")
         if "://" not in url:
             raise EdgekitError(f"target '{url}' is not an ssh:// URL", "write it as ssh://user@host[:port], e.g. ssh://nvidia@orin.local")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:  # e.g. "Invalid IPv6 URL" for an unclosed '['
+            raise EdgekitError(f"target '{url}' is not a valid URL ({e})", "write it as ssh://user@host[:port], an IPv6 address in brackets: ssh://user@[::1]:22") from None
         if parts.scheme != "ssh":
             raise EdgekitError(f"target scheme '{parts.scheme}' is not supported", "use ssh://user@host[:port]")
         if not parts.hostname:
@@ -59,6 +64,8 @@ class Target:
             raise EdgekitError(f"unknown target option(s) {unknown} in '{url}'", f"supported: {', '.join(sorted(_QUERY_KEYS))}")
         if parts.path not in ("", "/"):
             raise EdgekitError(f"target '{url}' has a path; the remote folder is an option", "use ssh://user@host?workdir=/path")
+        if not all(v.isprintable() for v in [unquote(parts.username or ""), *query.values()]):  # %0a and the like, decoded
+            raise EdgekitError(f"target '{url}' encodes a control character (%0a, %09, ...) in its user or options", "remove it")
         return cls(host=parts.hostname, user=unquote(parts.username) if parts.username else None, port=port,
                    python=query.get("python") or DEFAULT_PYTHON, workdir=query.get("workdir") or None, url=url)
 
@@ -129,10 +136,8 @@ class Connection:
         known = Path(self.known_hosts or Path.home() / ".ssh" / "known_hosts").expanduser()
         client = paramiko.SSHClient()
         if known.exists():
-            try:
+            with reading(known, "known_hosts file", "fix or move the file, or pass --known-hosts FILE"):
                 client.load_host_keys(str(known))
-            except (OSError, paramiko.SSHException) as e:
-                raise EdgekitError(f"cannot read known_hosts file {known}: {e}", "fix or move the file, or pass --known-hosts FILE") from e
         client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host, known))
         identity = Path(self.identity).expanduser() if self.identity else None
         if identity is not None and not identity.is_file():
@@ -277,7 +282,12 @@ class Connection:
 
     def get(self, remote: str, local: Path) -> None:
         with atomic_path(local) as tmp:
-            self.sftp.get(remote, str(tmp))
+            try:
+                self.sftp.get(remote, str(tmp))
+            except (OSError, EOFError) as e:
+                if getattr(e, "errno", None) is None:  # paramiko's "Socket is closed": the link, not the local disk
+                    raise self.dropped(e) from e
+                raise
 
     def exists(self, remote: str) -> bool:
         try:

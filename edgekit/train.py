@@ -21,8 +21,8 @@ def reference_spec(config: dict, preprocessing: dict) -> ModelSpec:
         class_names=CLASS_NAMES, modalities=["image", "audio", "text"], preprocessing=preprocessing)
 
 
-DEFAULT_EPOCHS = {"tiny": 12, "base": 10}
-DEFAULT_LR = {"tiny": 3e-3, "base": 1e-3}
+DEFAULT_EPOCHS = {"tiny": 12, "small": 8, "base": 10}
+DEFAULT_LR = {"tiny": 3e-3, "small": 3e-3, "base": 1e-3}
 
 
 def train_reference(preset: str, fusion: str, out, fsdd=None, seed: int = 0, epochs: int | None = None,

@@ -5,6 +5,7 @@ import logging
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +18,8 @@ from rich.progress import (
 
 console = Console(stderr=True)
 log = logging.getLogger("edgekit")
+__all__ = ["console", "escape", "log", "progress"]  # escape(text): user or library text printed as is, never read as
+# Rich markup (a hint such as pip install 'edgekit[openvino]' would otherwise lose its "[openvino]")
 
 
 @contextmanager

@@ -391,7 +391,7 @@ def test_bad_json_line(ds):
     (folder / "m.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n")
     with pytest.raises(EdgekitError) as e:
         resolve(data_settings(), base_dir=folder)
-    assert "m.jsonl line 2 is not JSON" in one_line(e)
+    assert "m.jsonl line 2 is not valid JSON" in one_line(e)
 
 
 def test_csv_without_the_label_column(ds):

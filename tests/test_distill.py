@@ -35,13 +35,19 @@ def test_kd_beats_label_only_finetuning_at_equal_epochs(setup):
     assert rec["epochs_run"] == 2 and len(rec["history"]) == 2 and 0 < rec["best_val_accuracy"] <= 1
 
 
-def test_feature_distillation_across_widths_leaves_no_adapters(setup):
+def test_feature_distillation_across_widths_adds_the_feature_loss_and_leaves_no_adapters(setup):
+    """Same seed, same batches, same student: the only difference between the two runs is the feature term,
+    which (through learned adapters, the student being narrower) adds a positive MSE to every step's loss.
+    Dropping the feature loss would make the two runs' losses identical."""
     teacher, spec, student, train, val, _ = setup
-    kd, rec = distill(student, teacher, train.subset(np.arange(128)), val.subset(np.arange(64)), epochs=1,
-                      features=["image", "audio", "text"], feature_weight=0.5)
-    assert kd.state_dict().keys() == student.state_dict().keys()  # adapters were only for training
+    small_train, small_val = train.subset(np.arange(128)), val.subset(np.arange(64))
+    args = dict(epochs=1, features=["image", "audio", "text"], patience=None, seed=0)
+    with_f, rec = distill(student, teacher, small_train, small_val, feature_weight=5.0, **args)
+    without, rec0 = distill(student, teacher, small_train, small_val, feature_weight=0.0, **args)
+    assert rec["history"][0]["loss"] > rec0["history"][0]["loss"] + 0.1, (rec["history"], rec0["history"])
+    assert with_f.state_dict().keys() == student.state_dict().keys()  # adapters were only for training
     assert student.image.proj.out_features < teacher.image.proj.out_features
-    assert rec["settings"]["features"] == ["image", "audio", "text"]
+    assert rec["settings"]["features"] == ["image", "audio", "text"] and rec["settings"]["feature_weight"] == 5.0
 
 
 def test_quantized_student_trains_with_float_teacher(setup):

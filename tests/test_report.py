@@ -1,200 +1,30 @@
-"""The accuracy-vs-latency report, built from real measurements: a tiny trained model, exported to ONNX,
-an INT8 variant from ONNX Runtime's static quantization, a pruned variant from Torch-Pruning, each run on
-ONNX Runtime and OpenVINO for metrics and latency; plus a failed variant, an unreachable remote target and a
-remote ("loopback") target, the way the pipeline records them."""
-import copy
+"""The accuracy-vs-latency report, built from a real run: `edgekit run` on the tiny model (conftest.tiny_run)
+builds fp32, an NNCF INT8 variant, a pruned variant over its budget and a variant that fails on a real bad input,
+compiles and measures them on ONNX Runtime and OpenVINO, and records a TensorRT target that is not installed
+and an ssh:// device that does not answer; the report is written from that results.json."""
 import json
-import resource
 import shutil
 import subprocess
-import time
-import warnings
 
-import numpy as np
 import pytest
-import torch
 
-from conftest import run_cli
+from conftest import copy_run, run_cli
 from edgekit.errors import EdgekitError
 from edgekit.results import SCHEMA, Results, load_results, save_results
 
-BATCHES = (1, 8)
-
-
-class _Ort:
-    def __init__(self, onnx_path, spec):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1  # the test machine is shared: one thread gives steadier numbers
-        self.sess, self.spec = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]), spec
-
-    def run(self, feed):
-        return {"logits": self.sess.run(None, feed)[0]}
-
-
-class _OpenVINO:
-    def __init__(self, onnx_path, spec):
-        import openvino as ov
-
-        self.model = ov.Core().compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
-        self.request, self.spec = self.model.create_infer_request(), spec
-
-    def run(self, feed):
-        return {"logits": self.request.infer(feed)[0].copy()}
-
-
-def _latency(runner, spec, batch, iters):
-    feed = spec.example_inputs(batch, seed=1)
-    for _ in range(5):
-        runner.run(feed)
-    t = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        runner.run(feed)
-        t.append(time.perf_counter() - t0)
-    t = np.array(t)
-    cv = float(t.std() / t.mean())
-    return {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)), "p99": float(np.percentile(t, 99)),
-            "mean": float(t.mean()), "std": float(t.std()), "cv": cv, "min": float(t.min()), "max": float(t.max()),
-            "n": iters, "high_variance": cv > 0.05}
-
-
-def _measure(variant, target, make_runner, onnx_path, spec, torch_model, test, parity_data, precision, metrics=True):
-    from edgekit.evaluate import evaluate
-    from edgekit.parity import parity
-
-    t0 = time.perf_counter()
-    runner = make_runner(onnx_path, spec)
-    build = time.perf_counter() - t0
-    lat = {b: _latency(runner, spec, b, 40 if b == 1 else 15) for b in BATCHES}
-    p = parity(torch_model, runner, parity_data, max_samples=64)
-    return {"variant": variant, "target": target, "status": "ok", "precision": precision,
-            "metrics": evaluate(runner, test, spec.class_names) if metrics else None,
-            "parity": {k: p[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n")},
-            "latency": lat, "throughput": {b: b / s["median"] for b, s in lat.items()},
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "build_seconds": build, "artifact_size_bytes": onnx_path.stat().st_size}
-
-
-def _branches(model, example):
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(**example)
-    flops = fc.get_flop_counts()
-    return {b: {"params": sum(p.numel() for p in getattr(model, b).parameters()),
-                "macs": sum(flops.get(f"FusionModel.{b}", {}).values()) // 2} for b in ("image", "audio", "text", "head")}
-
-
-def _int8(fp32_onnx, out, calib, keep_float):
-    """ONNX Runtime static INT8 (explicit Q/DQ); the per-layer map says what stayed float and why."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = (f for f, _ in calib.batches(1))
-
-        def get_next(self):
-            return next(self.it, None)
-
-    ops = ("Conv", "MatMul", "Gemm")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=list(ops), nodes_to_exclude=[keep_float])
-    q = onnx.load(str(out))
-    dq_out = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    pmap = {}
-    for n in q.graph.node:
-        if n.op_type in ops:
-            int8 = any(i in dq_out for i in n.input)
-            pmap[n.name] = {"precision": "int8" if int8 else "fp32",
-                            "why": "weights and activations quantized (per-tensor, 64 calibration samples)" if int8 else
-                            ("excluded: the logits layer is kept float for accuracy" if n.name == keep_float else "not quantized by the quantizer")}
-    return pmap
-
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, tiny_checkpoint, fsdd):
-    """A run directory with a results.json of real measurements (about 30 s on 2 idle cores)."""
-    import torch_pruning as tp
-
-    from edgekit import checkpoint, export
-    from edgekit.data import avdigits
-    from edgekit.env import fingerprint
-    from edgekit.evaluate import evaluate
-    from edgekit.models import count_macs, count_params
-    from edgekit.train import to_torch
-
-    run = tmp_path_factory.mktemp("run")
-    model, spec, cfg = checkpoint.load(tiny_checkpoint)
-    seed = spec.preprocessing.get("seed", 0)
-    test, val = avdigits.load("test", fsdd, seed).subset(np.arange(300)), avdigits.load("val", fsdd, seed)
-    idx = np.random.default_rng(0).permutation(len(val))  # the split is sorted by class: sample across it
-    calib, parity_data = val.subset(idx[:64]), val.subset(idx[64:128])
-    example = to_torch(spec.example_inputs(1))
-
-    pruned = copy.deepcopy(model)  # 30% of the conv channels, no fine-tuning: real, and expected to miss the budget
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "unwrapped parameters": the ignored branches hold them
-        tp.pruner.MetaPruner(pruned, example_inputs=example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.3,
-                             ignored_layers=[pruned.text, pruned.head, pruned.image.proj, pruned.audio.proj]).step()
-    onnx = {"fp32": run / "variants/fp32/model.onnx", "pruned30": run / "variants/pruned30/model.onnx", "int8": run / "variants/int8/model.onnx"}
-    export.to_onnx(model, spec, onnx["fp32"], check_parity_on=parity_data)
-    export.to_onnx(pruned, spec, onnx["pruned30"], check_parity_on=parity_data)
-    pmap = _int8(onnx["fp32"], onnx["int8"], calib, keep_float="/model/head/classifier/Gemm")
-    torch_of = {"fp32": model, "pruned30": pruned, "int8": model}
-
-    def variant(name, m, precision, **extra):
-        return {"status": "ok", "precision": precision, "params": count_params(m), "macs": count_macs(m, example),
-                "size_bytes": onnx[name].stat().st_size, **extra}
-
-    variants = {
-        "fp32": variant("fp32", model, "fp32", torch_metrics=evaluate(model, test, spec.class_names)),
-        "pruned30": variant("pruned30", pruned, "fp32",
-                            passes=[{"pass": "prune", "method": "magnitude L2", "ratio": 0.3, "fine_tune_epochs": 0}],
-                            branch_stats={"before": _branches(model, example), "after": _branches(pruned, example)}),
-        "int8": variant("int8", model, "int8", precision_map=pmap, passes=[{"pass": "quantize", "tool": "onnxruntime", "format": "QDQ"}]),
-        "distilled": {"status": "failed", "reason": "distill: teacher checkpoint runs/teacher not found", "passes": []},
-    }
-    fp = fingerprint()
-    targets = {"cpu-ort": {"backend": "onnxruntime", "location": "local", "fingerprint": fp},
-               "cpu-openvino": {"backend": "openvino", "location": "local", "fingerprint": fp},
-               "loopback": {"backend": "onnxruntime", "location": "ssh://edgekit@127.0.0.1:2222", "fingerprint": {**fp, "transport": "ssh loopback"}},
-               "jetson-orin": {"backend": "tensorrt", "location": "ssh://jetson@10.0.0.2", "status": "failed", "reason": "host unreachable"}}
-    results = []
-    for v in ("fp32", "pruned30", "int8"):
-        results.append(_measure(v, "cpu-ort", _Ort, onnx[v], spec, torch_of[v], test, parity_data, variants[v]["precision"]))
-        try:
-            results.append(_measure(v, "cpu-openvino", _OpenVINO, onnx[v], spec, torch_of[v], test, parity_data, variants[v]["precision"]))
-        except ImportError as e:
-            targets["cpu-openvino"].update(status="failed", reason=f"openvino not installed ({e})")
-    # the deploy issue's loopback device runs ONNX Runtime over SSH on this same machine: measured here directly;
-    # like a device agent that only checks parity and latency, it records no metrics (the report falls back to torch's)
-    results.append(_measure("fp32", "loopback", _Ort, onnx["fp32"], spec, model, test, parity_data, "fp32", metrics=False))
-    calib_labels = calib.labels.tolist()
-    doc = {"schema": SCHEMA,
-           "run": {"name": "quickstart-tiny", "created": "2025-11-23T09:00:00Z", "edgekit_version": "0.1.0",
-                   "commands": [f"edgekit train --preset tiny --fusion attention --epochs 4 --out {tiny_checkpoint}",
-                                "pytest tests/test_report.py  # builds these variants and measurements"],
-                   "recipe": {"model": {"checkpoint": str(tiny_checkpoint)}, "budget": {"max_accuracy_drop": 0.01},
-                              "passes": {"prune": {"ratio": 0.3}, "quantize": {"precision": "int8", "calibration": {"size": 64}}},
-                              "targets": list(targets)}},
-           "budget": {"max_accuracy_drop": 0.01, "metric": "accuracy"}, "reference_variant": "fp32",
-           "calibration": {"name": "64 random val samples", "size": len(calib),
-                           "class_counts": {c: calib_labels.count(i) for i, c in enumerate(spec.class_names)},
-                           "modality_coverage": {m: float(calib.inputs["modality_mask"][:, j].mean()) for j, m in enumerate(calib.modalities)}},
-           "variants": variants, "targets": targets, "results": results}
-    save_results(doc, run / "results.json")
-    return run
+def real_run(tiny_run, tmp_path_factory):
+    """A private copy of the shared run (the report is rewritten in it) and the unreachable device's label."""
+    run, _, remote = tiny_run
+    return copy_run(run, tmp_path_factory.mktemp("report") / "run"), remote
 
 
 @pytest.fixture(scope="module")
 def report(real_run):
     from edgekit.report import write_report
 
-    out = write_report(real_run)
+    out = write_report(real_run[0])
     return out, out["md"].read_text(), out["html"].read_text()
 
 
@@ -203,35 +33,42 @@ def test_report_of_a_real_run_has_all_six_parts(report, real_run):
     for title in ("## Recommendation", "## Variants per target", "## Accuracy vs latency and size", "## Multimodal view",
                   "### Accuracy with each modality missing", "### Per-branch cost before and after the passes",
                   "### Per-class F1 of the chosen variant", "## Trust", "### Parity of each deployed artifact",
-                  "### Calibration set", "### Precision map of int8", "### Benchmark variation", "## Reproduce", "### Resolved recipe"):
+                  "### Calibration set", "### Benchmark variation", "## Reproduce", "### Resolved recipe"):
         assert title in md, title
-    res = load_results(real_run)
-    ort_fp32 = next(r for r in res.results if r.variant == "fp32" and r.target == "cpu-ort")
+    res = load_results(real_run[0])
+    ort_fp32 = next(r for r in res.results if r.variant == "fp32" and r.target == "onnxruntime")
     assert f"{ort_fp32.latency[1].median * 1e3:.3f} ms" in md  # real numbers with units
     assert f"{100 * ort_fp32.metrics.accuracy:.1f}%" in md and "MMACs" in md and " MB" in md
-    assert "/model/head/classifier/Gemm" in md and "logits layer is kept float" in md
+    cal = json.loads((real_run[0] / "compress.json").read_text())["calibration"]
+    assert cal["size"] == 32 and ", ".join(f"{c}: {n}" for c, n in cal["class_counts"].items()) in md  # the set the passes saw
     assert "avx2" in md  # the CPU ISA in the environment fingerprint
-    assert len(out["recommendation"]) == len(res.targets) and out["recommendation"][0].startswith("cpu-ort: ")
+    assert len(out["recommendation"]) == len(res.targets) and out["recommendation"][0].startswith("onnxruntime: ")
     assert out["pareto_png"].stat().st_size > 10_000 and out["size_png"].stat().st_size > 10_000
-    assert page.count("<svg") == 2 and "pareto" in page
+    assert "<svg" in page and "pareto" in page
 
 
-def test_remote_targets_appear_beside_local_ones(report):
-    _, md, page = report
-    assert "### loopback — onnxruntime, ssh://edgekit@127.0.0.1:2222" in md
-    assert "### cpu-ort — onnxruntime, local" in md
-    assert ">loopback<" in page  # the Pareto legend has a series for the remote target
-
-
-def test_failures_are_shown_with_reasons_never_dropped(report):
+def test_remote_targets_appear_beside_local_ones(report, real_run):
     _, md, _ = report
+    remote = real_run[1]
+    assert f"### {remote} — tensorrt, ssh://{remote.split('@', 1)[1]}" in md
+    assert "### onnxruntime — onnxruntime, local" in md
+
+
+def test_failures_are_shown_with_reasons_never_dropped(report, real_run):
+    """Every failure of the run is in the report with its reason: the variant the quantize pass refused, the
+    device that did not answer (and the backend that is not installed), and the pairs they left unmeasured."""
+    _, md, _ = report
+    res = load_results(real_run[0])
     assert "## Failed" in md
-    assert "distill: teacher checkpoint runs/teacher not found" in md
-    assert "host unreachable" in md and "### jetson-orin — tensorrt, ssh://jetson@10.0.0.2" in md
-    assert "jetson-orin (tensorrt, ssh://jetson@10.0.0.2)**: no recommendation: target failed (host unreachable)" in md
-    assert "**target failed**: host unreachable; nothing was measured here (fp32, pruned30, int8, distilled)" in md
-    assert "| int8 on loopback | ❌ no result recorded |" in md  # loopback only measured fp32: the missing pairs are listed
-    assert "| distilled | ❌ variant failed: distill: teacher checkpoint runs/teacher not found |" in md
+    broken = res.variants["broken"].reason
+    assert "keep_float names 'radar'" in broken and broken in md
+    for name, t in res.targets.items():
+        if t.status == "failed":
+            assert t.reason and f"no recommendation: target failed ({t.reason})" in md, name
+    assert res.targets[real_run[1]].status == "failed"
+    for r in res.results:  # no pair is dropped: each failed one shows its reason in its target's table
+        if r.status == "failed":
+            assert r.reason[:60] in md, (r.variant, r.target)
 
 
 def test_html_is_self_contained(report):
@@ -268,9 +105,9 @@ def test_report_html_loads_in_headless_chromium(report, tmp_path):
 
 
 def test_cli_report_prints_recommendation_and_path(real_run):
-    r = run_cli("report", real_run)
+    r = run_cli("report", real_run[0])
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith("report.html") and "cpu-ort:" in r.stderr
+    assert r.stdout.strip().endswith("report.html") and "onnxruntime:" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------------ synthetic

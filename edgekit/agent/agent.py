@@ -1,11 +1,13 @@
-"""The device agent: for each variant of a bundle, build (or reuse) its engine, check accuracy and parity on
-the bundle's samples, time it with edgekit's latency protocol and sample board power while it runs.
+"""The device agent: for each variant of a bundle, build (or reuse) its engine and check accuracy and parity on
+the bundle's samples; then time all of them against each other in interleaved rounds with edgekit's latency
+protocol (measure.time_rounds) and sample board power while each runs.
 
     python3 -m edgekit_agent run --out results [--runtime tensorrt|onnxruntime|auto] [--only a,b] [--mode bench]
     python3 -m edgekit_agent fingerprint
 
 Progress goes to stdout as JSON lines ({"event": ...}); each finished variant is written to
-`<out>/<variant>.json` at once (temp + rename), so a dropped connection loses at most the variant in flight."""
+`<out>/<variant>.json` (temp + rename) once the rounds are timed; engines are cached, so a dropped connection
+costs a rerun of the checks and the timing, not the builds."""
 from __future__ import annotations
 
 import argparse
@@ -71,13 +73,16 @@ def predict_all(runner, spec: dict, samples: dict, batch: int):
 
 # ---- one variant -------------------------------------------------------------------------------------------
 
-def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | None, fp: dict) -> dict:
-    from . import power
+def bench_settings(manifest: dict) -> dict:
+    return {**measure.protocol(), "power_seconds": measure.POWER_SECONDS, **(manifest.get("bench") or {})}
+
+
+def check_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | None) -> tuple:
+    """Load (building the engine if needed), then accuracy and parity on the samples: (runner, result so far)."""
     from .predictor import open_runner
 
     name, spec = entry["name"], entry["spec"]
     build = manifest.get("build") or {}
-    bench = {**measure.protocol(), "power_seconds": measure.POWER_SECONDS, **(manifest.get("bench") or {})}
     t0 = time.perf_counter()
     emit("variant_stage", variant=name, stage="load")
     runner, info = open_runner(bundle, entry, args.runtime, build=build, cache_dir=args.cache)
@@ -93,6 +98,9 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
         layers = runner.layer_info(measure.sample_feed(spec, samples, build.get("batch", {}).get("opt", 1)))
         write_json(os.path.join(args.out, f"{name}.layers.json"), layers)
         result["layer_precision_counts"] = layers["counts"]
+        result["runtime_precision"] = layers.get("runtime_precision")  # share of MACs in INT8 (trt_plan.mac_summary)
+    elif info["runtime"] == "onnxruntime":
+        result["runtime_precision"] = ort_precision_map(os.path.join(bundle, entry["onnx"]), runner, spec, samples)
     eval_batch = max(1, int((build.get("batch") or {}).get("max", 8))) if info["runtime"] == "tensorrt" else 32
     if args.mode == "deploy" and samples:
         emit("variant_stage", variant=name, stage="accuracy")
@@ -104,13 +112,43 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
             ref = load_npz(ref_path)
             result["parity"] = dict(measure.parity(ref["logits"], logits), reference=entry.get("reference_source", "host reference"))
             measure.parity_passed(result["parity"], float(manifest.get("parity_min_top1", {}).get(entry.get("precision") or "fp32", 0.99)))
-    result["batches"] = {}
-    for b in bench["batch_sizes"]:
-        emit("variant_stage", variant=name, stage=f"bench batch {b}")
-        result["batches"][str(b)] = measure.time_batch(runner.bind(measure.sample_feed(spec, samples, int(b))), int(b), bench)
-    result["protocol"] = dict(bench, cv_limit=measure.CV_LIMIT, **measure.PROTOCOL_NOTES,
-                              inputs="the bundle's samples (cycled to the batch size)" if samples else "random from the spec (seed 0)",
-                              timed="h2d + execute + d2h + sync" if info["runtime"] == "tensorrt" else "session.run on bound numpy inputs")
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return runner, result
+
+
+def ort_precision_map(onnx: str, runner, spec: dict, samples: dict | None) -> dict:
+    """ONNX Runtime's own precision map of the variant on this device (ort_profile); never fails the variant."""
+    from .ort_profile import profile_map
+
+    try:
+        return profile_map(onnx, runner._feed(measure.sample_feed(spec, samples, 1)), runner.providers, runner.settings.get("intra_op_num_threads"))
+    except Exception as e:  # noqa: BLE001 — a profiler problem must not lose the measurement
+        return {"source": "", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
+def time_variants(checked: dict, manifest: dict, samples: dict | None, session: str) -> None:
+    """Every checked variant {name: (entry, runner, result)} timed against the others in interleaved rounds;
+    each result gets its batches, the round medians and the session id shared by the variants timed together."""
+    bench = bench_settings(manifest)
+    calls = {n: {int(b): r.bind(measure.sample_feed(e["spec"], samples, int(b))) for b in bench["batch_sizes"]}
+             for n, (e, r, _) in checked.items()}
+    emit("timing", variants=list(calls), rounds=int(bench["rounds"]), session=session)
+    timed = measure.time_rounds(calls, bench, on_round=lambda k, n: emit("timing_round", round=k, rounds=n))
+    for n, (_, _, result) in checked.items():
+        trt = result["runtime"]["runtime"] == "tensorrt"
+        result["batches"] = timed[n]
+        result["timing"] = {"session": session, "order": list(calls)}
+        result["protocol"] = dict(bench, cv_limit=measure.CV_LIMIT, **measure.PROTOCOL_NOTES,
+                                  interleaved="every variant at each batch size, in order, per round; min_seconds and min_iterations split over the rounds",
+                                  inputs="the bundle's samples (cycled to the batch size)" if samples else "random from the spec (seed 0)",
+                                  timed="h2d + execute + d2h + sync" if trt else "session.run on bound numpy inputs")
+
+
+def finish_variant(entry: dict, runner, result: dict, manifest: dict, args, samples: dict | None, fp: dict) -> dict:
+    """Board power while the variant runs (on a Jetson), then close it."""
+    from . import power
+
+    t0, name, spec, bench = time.perf_counter(), entry["name"], entry["spec"], bench_settings(manifest)
     if fp.get("tegrastats") or args.tegrastats:
         emit("variant_stage", variant=name, stage="power")
         b = int(bench["batch_sizes"][0])
@@ -120,7 +158,7 @@ def run_variant(bundle: str, manifest: dict, entry: dict, args, samples: dict | 
         result["power"] = {"available": False, "reason": "tegrastats not found (not a Jetson?)"}
     if hasattr(runner, "close"):
         runner.close()
-    result["seconds"] = round(time.perf_counter() - t0, 3)
+    result["seconds"] = round(result.get("seconds", 0) + time.perf_counter() - t0, 3)
     return result
 
 
@@ -153,22 +191,42 @@ def cmd_run(args) -> int:
     emit("fingerprint", file="fingerprint.json")
     samples_path = os.path.join(bundle, manifest["samples"]["file"]) if manifest.get("samples") else None
     samples = load_npz(samples_path) if samples_path and os.path.exists(samples_path) else None
-    failed = 0
+    checked, failed = {}, 0
+
+    def error(name, e) -> bool:  # one variant failing must not lose the others; True: give up (disk full)
+        nonlocal failed
+        kind, hint, lines = _error_kind(e)
+        emit("variant_error", variant=name, kind=kind, message=str(getattr(e, "message", e)).splitlines()[0][:500], hint=hint, key_lines=lines)
+        failed += 1
+        if kind == "disk_full":
+            emit("fatal", kind=kind, message=str(e), hint=hint)
+        return kind == "disk_full"
+
     for entry in wanted:
         emit("variant_start", variant=entry["name"])
         try:
-            result = run_variant(bundle, manifest, entry, args, samples, fp)
+            runner, result = check_variant(bundle, manifest, entry, args, samples)
+            checked[entry["name"]] = (entry, runner, result)
+        except Exception as e:
+            if error(entry["name"], e):
+                return 3
+    try:
+        if checked:
+            time_variants(checked, manifest, samples, f"{fp.get('hostname') or 'device'}-{os.getpid()}-{int(time.time())}")
+    except Exception as e:  # a runner failing while timed: none of the rounds can be trusted
+        for name in list(checked):
+            if error(name, e):
+                return 3
+        checked = {}
+    for name, (entry, runner, result) in checked.items():
+        try:
+            result = finish_variant(entry, runner, result, manifest, args, samples, fp)
             result["device"] = {k: fp.get(k) for k in ("hostname", "board", "tensorrt", "power_mode", "jetpack")}
-            write_json(os.path.join(args.out, f"{entry['name']}.json"), result)
-            emit("variant_done", variant=entry["name"], file=f"{entry['name']}.json",
-                 engine=result.get("engine", {}).get("file"), layers=f"{entry['name']}.layers.json" if "engine" in result else None)
-        except Exception as e:  # one variant failing must not lose the others
-            kind, hint, lines = _error_kind(e)
-            emit("variant_error", variant=entry["name"], kind=kind, message=str(getattr(e, "message", e)).splitlines()[0][:500],
-                 hint=hint, key_lines=lines)
-            failed += 1
-            if kind == "disk_full":
-                emit("fatal", kind=kind, message=str(e), hint=hint)
+            write_json(os.path.join(args.out, f"{name}.json"), result)
+            emit("variant_done", variant=name, file=f"{name}.json",
+                 engine=result.get("engine", {}).get("file"), layers=f"{name}.layers.json" if "engine" in result else None)
+        except Exception as e:
+            if error(name, e):
                 return 3
     emit("done", failed=failed)
     return 1 if failed else 0

@@ -24,7 +24,7 @@ import time
 CV_LIMIT = 0.05  # a run whose coefficient of variation exceeds this is flagged as noisy
 # The protocol's defaults, for `edgekit bench`, the deploy manifest and the agent alike (a manifest may override any).
 PROTOCOL = {"batch_sizes": [1, 8], "warmup": 10, "warmup_seconds": 0.5, "iterations": None, "min_seconds": 2.0,
-            "max_seconds": 60.0, "min_iterations": 10}
+            "max_seconds": 60.0, "min_iterations": 10, "rounds": 5}
 POWER_SECONDS = 5.0  # how long the agent samples board power (not part of the latency protocol)
 # How the numbers were taken, recorded with every result.
 PROTOCOL_NOTES = {"timer": "time.perf_counter per call", "percentiles": "nearest rank", "gc": "paused while timing",
@@ -103,6 +103,72 @@ def time_batch(call, batch: int, settings: dict | None = None) -> dict:
                     max_seconds=float(p["max_seconds"]), min_iterations=int(p["min_iterations"]))
     return {"batch": int(batch), "latency_ms": summarize(times), "throughput_per_s": throughput(times, int(batch)),
             "times_ms": [t * MS for t in times]}
+
+
+# ---- several models compared: interleaved rounds, and the one speed verdict ------------------------------------
+
+CONFIDENCE = 0.95  # of the speedup interval
+BOOTSTRAP = 2000  # resamples of the rounds
+SEED = 0  # the bootstrap's seed: the same rounds always give the same interval
+MIN_ROUNDS = 3  # fewer paired rounds give no interval (and so no win)
+
+
+def time_rounds(calls: dict, settings: dict | None = None, on_round=None) -> dict:
+    """Time several models against each other: `calls` is {name: {batch: call}}; every model at each batch size,
+    in order, `rounds` times, so a change in machine load hits every model alike. The protocol's budget
+    (min_seconds, min_iterations, iterations, max_seconds) is split over the rounds, so the total time is that of
+    one time_batch per model and batch; the first round warms up fully, later ones with a quarter of the calls.
+    Returns {name: {str(batch): time_batch's entry over the pooled samples + round_medians_ms}}."""
+    p = protocol(settings)
+    rounds = max(1, int(p["rounds"]))
+    per = lambda k: None if p[k] is None else max(1, math.ceil(int(p[k]) / rounds))  # noqa: E731
+    times = {n: {b: [] for b in by} for n, by in calls.items()}
+    medians = {n: {b: [] for b in by} for n, by in calls.items()}
+    for k in range(rounds):
+        for n, by in calls.items():
+            for b, call in by.items():
+                t = measure(call, warmup=int(p["warmup"]) if k == 0 else max(1, int(p["warmup"]) // 4),
+                            warmup_seconds=float(p["warmup_seconds"]) if k == 0 else 0.0, iterations=per("iterations"),
+                            min_seconds=float(p["min_seconds"]) / rounds, max_seconds=float(p["max_seconds"]) / rounds,
+                            min_iterations=per("min_iterations"))
+                times[n][b] += t
+                medians[n][b].append(statistics.median(t) * MS)
+        if on_round:
+            on_round(k + 1, rounds)
+    return {n: {str(b): {"batch": int(b), "latency_ms": summarize(ts), "throughput_per_s": throughput(ts, int(b)),
+                         "times_ms": [t * MS for t in ts], "round_medians_ms": medians[n][b]} for b, ts in by.items()}
+            for n, by in times.items()}
+
+
+def speedup_ci(ref_rounds, var_rounds, level: float = CONFIDENCE, resamples: int = BOOTSTRAP, seed: int = SEED):
+    """(low, high): the `level` confidence interval of how many times faster a model is than the reference, from
+    their per-round medians of the same interleaved rounds (paired by round): the percentile bootstrap over rounds
+    of the median per-round ratio ref / var. None with fewer than MIN_ROUNDS pairs or unequal round counts."""
+    import numpy as np
+
+    ref, var = np.asarray(ref_rounds, np.float64), np.asarray(var_rounds, np.float64)
+    if ref.shape != var.shape or ref.ndim != 1 or len(ref) < MIN_ROUNDS or not (np.all(ref > 0) and np.all(var > 0)):
+        return None
+    ratios = ref / var
+    idx = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+    boot = np.median(ratios[idx], axis=1)
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def speedup_point(ref_rounds, var_rounds):
+    """The speedup whose interval speedup_ci gives: the median per-round ratio ref / var (None when unpaired)."""
+    import numpy as np
+
+    ref, var = np.asarray(ref_rounds, np.float64), np.asarray(var_rounds, np.float64)
+    if ref.shape != var.shape or ref.ndim != 1 or len(ref) == 0 or not (np.all(ref > 0) and np.all(var > 0)):
+        return None
+    return float(np.median(ref / var))
+
+
+def wins(ci, over: float = 1.0) -> bool:
+    """The rule: faster (than the reference, or than `over` times it) only when the interval's lower end is above."""
+    return ci is not None and ci[0] > over
 
 
 # ---- the feeds that are timed --------------------------------------------------------------------------------

@@ -218,11 +218,75 @@ def layer_precisions(info: dict) -> dict:
         ins = [tensor_precision(t) for t in layer.get("Inputs", []) if isinstance(t, dict)]
         outs = [tensor_precision(t) for t in layer.get("Outputs", []) if isinstance(t, dict)]
         ranked = sorted({p for p in ins + outs if p in _ORDER}, key=_ORDER.get)
+        precision = ranked[0] if ranked else (outs[0] if outs else "unknown")
+        convert = _is_conversion(layer)
         layers.append({"name": layer.get("Name"), "type": layer.get("LayerType"), "inputs": ins, "outputs": outs,
-                       "precision": ranked[0] if ranked else (outs[0] if outs else "unknown"),
+                       "precision": "qdq" if convert and precision in ("int8", "fp8") else precision,
+                       "role": "convert" if convert else "compute", "macs": 0 if convert else inspector_macs(layer),
                        "tactic": layer.get("TacticName") or layer.get("TacticValue")})
     counts: dict[str, int] = {}
     for lay in layers:
         counts[lay["precision"]] = counts.get(lay["precision"], 0) + 1
     io = info.get("I/O Tensors") or [{"Name": n} for n in info.get("Bindings", [])]
-    return {"layers": layers, "counts": counts, "io": [t.get("Name") for t in io]}
+    return {"layers": layers, "counts": counts, "io": [t.get("Name") for t in io],
+            "runtime_precision": mac_summary(layers, "TensorRT engine inspector (ProfilingVerbosity.DETAILED): "
+                                                     "layer I/O data types, MACs from Dimensions, Weights.Count and OutMaps")}
+
+
+# The inspector's DETAILED layer records, as the TensorRT Developer Guide's "Engine Inspector" section shows them
+# (docs.nvidia.com/deeplearning/tensorrt/developer-guide, IEngineInspector; also what trtexec --exportLayerInfo
+# writes and TREx reads): "ParameterType" names the layer's kind ("Convolution", "Deconvolution",
+# "MatrixMultiply", "Reformat", ...), "Origin" says why a layer exists ("QDQ" for what is left of a Q/DQ pair,
+# "REFORMAT" for a layout change), a convolution gives "OutMaps", "Groups", "Kernel" and "Weights": {"Type",
+# "Count"}, and every tensor its "Dimensions" (-1 for a dynamic axis).
+_CONVERSIONS = ("Reformat", "Quantize", "Dequantize", "QuantizeLinear", "DequantizeLinear", "NoOp", "Shuffle", "Constant")
+
+
+def _is_conversion(layer: dict) -> bool:
+    """A layer that only changes layout or precision (a Reformat, a leftover Q/DQ): never INT8 compute."""
+    kinds = {str(layer.get("ParameterType") or ""), str(layer.get("LayerType") or "")}
+    return bool(kinds & set(_CONVERSIONS)) or str(layer.get("Origin") or "").upper() in ("QDQ", "REFORMAT")
+
+
+def _per_sample(dims) -> int:
+    """Elements of one sample of a tensor: the product of its dimensions after the first (the batch)."""
+    n = 1
+    for d in list(dims or [])[1:]:
+        n *= max(int(d), 1)
+    return n if dims else 0
+
+
+def inspector_macs(layer: dict) -> int:
+    """Multiply-accumulates of one sample through one inspector layer record: a convolution does
+    Weights.Count / OutMaps per output element (Cin/groups x kernel area), a matrix multiply the inner dimension
+    of its first input per output element. Other layers: 0."""
+    kind = str(layer.get("ParameterType") or layer.get("LayerType") or "")
+    outs = [t for t in layer.get("Outputs", []) if isinstance(t, dict)]
+    ins = [t for t in layer.get("Inputs", []) if isinstance(t, dict)]
+    out = _per_sample(outs[0].get("Dimensions")) if outs else 0
+    if kind in ("Convolution", "Deconvolution") or "Convolution" in str(layer.get("LayerType") or ""):
+        w, maps = (layer.get("Weights") or {}).get("Count"), layer.get("OutMaps")
+        if kind == "Deconvolution" and ins and w and maps:  # each input element meets Weights.Count / Cin weights
+            return _per_sample(ins[0].get("Dimensions")) * int(w) // max(int((ins[0].get("Dimensions") or [0, 1])[1]), 1)
+        return out * int(w) // int(maps) if w and maps else 0
+    if kind in ("MatrixMultiply", "FullyConnected", "Gemm") and ins and ins[0].get("Dimensions"):
+        return out * max(int(ins[0]["Dimensions"][-1]), 1)
+    return 0
+
+
+def mac_summary(layers: list[dict], source: str) -> dict:
+    """The runtime precision map's summary, one shape for every runtime (edgekit.runtime_precision builds the same
+    for ONNX Runtime and OpenVINO): layers [{name, type, precision, macs, ...}] -> MACs per precision, the share of
+    MACs in INT8, and the layers that carry MACs. Conversions (precision "qdq") carry none."""
+    macs: dict[str, int] = {}
+    for lay in layers:
+        if lay.get("macs"):
+            macs[lay["precision"]] = macs.get(lay["precision"], 0) + int(lay["macs"])
+    total = sum(macs.values())
+    kinds: dict[str, int] = {}
+    for lay in layers:
+        key = f"{lay.get('type')} [{lay['precision']}]"
+        kinds[key] = kinds.get(key, 0) + 1
+    return {"source": source, "macs": macs, "total_macs": total, "int8_mac_share": macs.get("int8", 0) / total if total else None,
+            "layers_by_kind": kinds, "mac_layers": [{k: lay.get(k) for k in ("name", "type", "kernel", "precision", "macs") if lay.get(k) is not None}
+                                                    for lay in layers if lay.get("macs")]}

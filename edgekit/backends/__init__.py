@@ -4,24 +4,35 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def compile_onnx(onnx_path, backend, out_dir, options: dict | None = None, spec=None, min_top1: float | None = None,
+def compile_onnx(onnx_path, backend, out_dir, options: dict | None = None, spec=None, min_top1: float | dict | None = None,
                  max_samples: int = 256):
     """ONNX -> a backend artifact, then a parity check of the compiled artifact against the torch model (the
     samples saved at export; ONNX Runtime on random inputs if there are none). The parity numbers are saved
     in artifact.json; a failure raises EdgekitError with them. This is the entry point for every compile."""
     from edgekit.backends.base import get_backend
     from edgekit.errors import EdgekitError
+    from edgekit.guard import refuse_overwrite
     from edgekit.onnxgraph.info import spec_for_onnx
-    from edgekit.parity import MIN_TOP1, check_parity, compiled_parity
+    from edgekit.parity import check_parity, compiled_parity, threshold
 
     b = get_backend(backend) if isinstance(backend, str) else backend
     b.require()
     onnx_path = Path(onnx_path)
-    spec = spec or spec_for_onnx(onnx_path)
+    refuse_overwrite([out_dir], [onnx_path], "the artifact folder")  # compile writes model.onnx, source.*.onnx, ... there
+    if spec is None:
+        spec = spec_for_onnx(onnx_path)  # which also confines its external data to its folder
+    else:
+        from edgekit.limits import check_external_data
+
+        check_external_data(onnx_path)
+    # artifact.json vouches for the folder, so it goes first and comes back last, after the parity check: an
+    # interrupted compile never leaves an artifact (or an old record beside new files) that looks finished
+    if (Path(out_dir) / "artifact.json").is_file():  # (is_file: an --out below a file is compile's own one-line error)
+        (Path(out_dir) / "artifact.json").unlink()
     art = b.compile(onnx_path, spec, dict(options or {}), Path(out_dir))
     art.meta["parity"] = compiled_parity(b.load(art), onnx_path, spec, max_samples)
     try:
-        check_parity(art.meta["parity"], min_top1 if min_top1 is not None else MIN_TOP1[art.precision], f"{b.name} compile of {onnx_path.name}")
+        check_parity(art.meta["parity"], threshold(art.precision, min_top1), f"the {b.name}-compiled graph of {onnx_path.name}", art.precision)
     except EdgekitError:
         art.save()
         raise

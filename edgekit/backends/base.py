@@ -2,12 +2,13 @@
 A backend whose library is missing reports why through `available()`; nothing here imports it."""
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from edgekit.errors import EdgekitError
 from edgekit.io import atomic_write_json
@@ -44,11 +45,21 @@ class Artifact:
         meta = p / "artifact.json" if p.is_dir() else p.parent / "artifact.json"
         if not meta.exists():
             raise EdgekitError(f"{p} is not a compiled edgekit artifact (no artifact.json)", "compile one with `edgekit compile MODEL.onnx --backend NAME --out DIR`")
+        from edgekit.io import load_json
+        from edgekit.spec import spec_from
+
+        d = load_json(meta, "artifact record")
         try:
-            d = json.loads(meta.read_text())
-            return cls(**dict(d, path=meta.parent / d["path"], spec=ModelSpec.model_validate(d["spec"])))
-        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            art = cls(**dict(d, path=meta.parent / d["path"], spec=spec_from(d["spec"], str(meta))))
+        except (TypeError, KeyError, ValueError) as e:
             raise EdgekitError(f"{meta} is corrupt ({type(e).__name__}: {e})", "recompile the artifact") from e
+        if not art.path.resolve().is_relative_to(meta.parent.resolve()):
+            raise EdgekitError(f"{meta} names the file '{d['path']}', outside the artifact's folder", "recompile the artifact")
+        if art.path.suffix == ".onnx" and art.path.is_file():
+            from edgekit.limits import check_external_data
+
+            check_external_data(art.path)
+        return art
 
 
 def contiguous(feed: dict) -> dict:
@@ -86,12 +97,14 @@ class Runner(ABC):
 class Backend(ABC):
     name: str = ""
     install_hint: str = ""
+    Options: ClassVar[type[BaseModel] | None] = None  # the schema of a recipe target's `options` (checked by check_options)
 
     @abstractmethod
     def available(self) -> tuple[bool, str]: ...
 
     @abstractmethod
-    def compile(self, onnx_path: Path, spec: ModelSpec, options: dict, out_dir: Path) -> Artifact: ...
+    def compile(self, onnx_path: Path, spec: ModelSpec, options: dict, out_dir: Path) -> Artifact:
+        """Write the artifact's files into out_dir; the caller saves the returned Artifact (artifact.json) last."""
 
     @abstractmethod
     def load(self, artifact: Artifact, **settings) -> Runner: ...
@@ -160,3 +173,32 @@ def get_backend(name: str) -> Backend:
 
 def backend_names() -> list[str]:
     return list(_REGISTRY)
+
+
+DEVICE_RUNTIMES = ("auto", "tensorrt", "onnxruntime")  # `runtime:` of an ssh:// target: what the device agent runs
+
+
+def check_options(backend: str, options: dict, on_device: bool = False) -> None:
+    """A recipe target's `options` against its backend's Options schema (plus `runtime` for an ssh:// target);
+    raises ValueError naming the first unknown or invalid key and the keys allowed."""
+    schema = get_backend(backend).Options
+    rest = dict(options)
+    runtime = rest.pop("runtime", None) if on_device else None
+    if runtime is not None and runtime not in DEVICE_RUNTIMES:
+        raise ValueError(f"'runtime' must be one of {', '.join(DEVICE_RUNTIMES)} (got {runtime!r})")
+    if schema is None:
+        return
+    try:
+        schema.model_validate(rest)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        name = f"'{key}'" if key.isprintable() else repr(key)  # the message stays one line
+        allowed = [*schema.model_fields, *(["runtime"] if on_device else [])]
+        if err["type"] == "extra_forbidden":
+            import difflib
+
+            close = difflib.get_close_matches(key, allowed, n=1)
+            raise ValueError(f"unknown {backend} option {name}" + (f" (did you mean '{close[0]}'?)" if close else "")
+                             + f"; allowed options: {', '.join(allowed)}") from None
+        raise ValueError(f"{backend} option {name}: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})") from None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
 from edgekit.backends.base import Artifact, Backend, Runner, compile_precision, contiguous, cpu_int8_source
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.io import atomic_path, ensure_dir
+from edgekit.schema import Strict
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -31,6 +34,9 @@ def _providers(ort, requested=None) -> list[str]:
 
 
 def _session_options(ort, threads: int, level: str):
+    from edgekit.limits import check_threads
+
+    check_threads(threads, "threads")  # a runaway count is refused before ONNX Runtime starts a thread
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1  # one request at a time: parallelism is inside ops
@@ -78,9 +84,19 @@ class OnnxRuntimeRunner(Runner):
         return call
 
 
+class OnnxRuntimeOptions(Strict):
+    """A recipe target's `options` for ONNX Runtime (what compile() reads)."""
+    threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: usable cores)")
+    optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    providers: Optional[list[str]] = Field(None, description="execution providers (default: CUDA if present, else CPU)")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    qdq_rewrite: bool = True
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     install_hint = "pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+    Options = OnnxRuntimeOptions
 
     def available(self):
         return self.importable("onnxruntime", lambda ort: f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}")
@@ -109,8 +125,9 @@ class OnnxRuntimeBackend(Backend):
                 "providers": _providers(ort, options.get("providers")), "qdq_rewrite": rewrite is not None}
         path = out / "model.onnx"
         t0 = time.perf_counter()
-        with atomic_path(path, suffix=".onnx") as tmp:
-            so = _session_options(ort, opts["threads"], opts["optimization"])
+        so = _session_options(ort, opts["threads"], opts["optimization"])
+        # a damaged or foreign graph is the user's file, not a bug; a failed write is atomic_path's (disk full)
+        with reading(onnx_path, "ONNX model"), atomic_path(path, suffix=".onnx") as tmp:
             so.optimized_model_filepath = str(tmp)
             so.log_severity_level = 3  # ORT warns that an "all"-level file is hardware specific: recorded in meta["note"]
             ort.InferenceSession(str(onnx_path), so, providers=opts["providers"])
@@ -118,8 +135,7 @@ class OnnxRuntimeBackend(Backend):
                        meta={"source": str(onnx_path), "qdq_rewrite": rewrite, "compile_seconds": round(time.perf_counter() - t0, 3),
                              "size_bytes": path.stat().st_size, "onnxruntime": ort.__version__,
                              "note": "optimized for this machine's providers/ISA; recompile elsewhere"})
-        art.save()
-        return art
+        return art  # saved (artifact.json) by the caller, once it has checked parity
 
     def load(self, artifact, threads: int | None = None, providers=None, profile_prefix: str | None = None):
         """profile_prefix turns on ONNX Runtime's profiler, writing <prefix>_<time>.json when
@@ -136,7 +152,8 @@ class OnnxRuntimeBackend(Backend):
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = str(profile_prefix)
-        sess = ort.InferenceSession(str(artifact.path), so, providers=providers)
+        with reading(artifact.path, "compiled model", "recompile it with `edgekit compile`"):
+            sess = ort.InferenceSession(str(artifact.path), so, providers=providers)
         return OnnxRuntimeRunner(sess, artifact.spec, {"backend": self.name, "threads": threads, "providers": sess.get_providers(),
                                                        "graph_optimization": f"{artifact.options.get('optimization')} (at compile)",
                                                        "inter_op_threads": 1, "execution_mode": "sequential",

@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from edgekit.backends.base import Artifact, Backend, Runner, compile_precision, contiguous, cpu_int8_source
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.io import atomic_path, ensure_dir
+from edgekit.schema import Strict
 
 
 class OpenVINORunner(Runner):
@@ -41,9 +44,24 @@ class OpenVINORunner(Runner):
         return call
 
 
+class OpenVINOOptions(Strict):
+    """A recipe target's `options` for OpenVINO (what compile() reads)."""
+    device: str = "CPU"
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    threads: Optional[int] = Field(None, ge=1, description="inference threads (default: all the plugin's)")
+    hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    qdq_rewrite: bool = True
+
+    @field_validator("hint", mode="before")
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     install_hint = "pip install 'edgekit[openvino]'"
+    Options = OpenVINOOptions
 
     def available(self):
         return self.importable("openvino", lambda ov: f"openvino {ov.get_version()}, devices {', '.join(ov.Core().available_devices)}")
@@ -83,8 +101,7 @@ class OpenVINOBackend(Backend):
         art = Artifact(backend=self.name, path=xml, spec=spec, precision=have, options=opts,
                        meta={"source": str(onnx_path), "qdq_rewrite": rewrite, "compile_seconds": round(time.perf_counter() - t0, 3),
                              "size_bytes": xml.stat().st_size + (out / "model.bin").stat().st_size, "openvino": ov.get_version()})
-        art.save()
-        return art
+        return art  # saved (artifact.json) by the caller, once it has checked parity
 
     def load(self, artifact, threads: int | None = None, hint: str | None = None, cache: bool = True, profiling: bool = False):
         """profiling=True turns on the plugin's performance counters (runner.request.get_profiling_info(); see
@@ -98,6 +115,9 @@ class OpenVINOBackend(Backend):
         config = {"PERFORMANCE_HINT": (hint or o.get("hint", "LATENCY")).upper(), "INFERENCE_PRECISION_HINT": o.get("inference_precision", "f32")}
         threads = threads or o.get("threads")
         if threads:
+            from edgekit.limits import check_threads
+
+            check_threads(threads, "threads")
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if profiling:
             config["PERF_COUNT"] = True
@@ -106,7 +126,8 @@ class OpenVINOBackend(Backend):
         if cache:
             config["CACHE_DIR"] = str(cache_dir)
         core = ov.Core()
-        compiled = core.compile_model(str(artifact.path), o.get("device", "CPU"), config)
+        with reading(artifact.path, "compiled model", "recompile it with `edgekit compile`"):
+            compiled = core.compile_model(str(artifact.path), o.get("device", "CPU"), config)
         props = {}
         for key in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT"):
             try:

@@ -5,16 +5,18 @@ engines with exactly the same code. This module adapts them to the Backend/Runne
 portable: to get one for a Jetson, use `edgekit deploy RUN_DIR --target ssh://...`, which builds it there."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
 from edgekit.backends.base import Artifact, Backend, Runner
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.io import atomic_path, atomic_write_json, ensure_dir, file_sha256
+from edgekit.schema import Strict
 from edgekit.spec import ModelSpec
 
 
@@ -36,8 +38,29 @@ class TensorRTRunner(Runner):
         return self.engine.layer_info(feed)
 
 
+class BatchRange(Strict):
+    min: int = Field(1, ge=1)
+    opt: int = Field(1, ge=1)
+    max: int = Field(8, ge=1)
+
+
+class TensorRTOptions(Strict):
+    """A recipe target's `options` for TensorRT: the engine build options (edgekit.agent.trt_plan.DEFAULT_OPTIONS)."""
+    precision: Optional[Literal["auto", "fp32", "fp16", "int8"]] = None
+    workspace_mb: int = Field(1024, ge=1)
+    batch: BatchRange = Field(default_factory=BatchRange)
+    optimization_level: int = Field(3, ge=0, le=5)
+    tf32: bool = True
+    fp16_fallback: bool = False
+    timing_cache: bool = True
+    builder: Literal["python", "trtexec"] = "python"
+    cache_dir: Optional[str] = None
+    threads: Optional[int] = Field(None, description="ignored: CPU threads mean nothing to a GPU engine")
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    Options = TensorRTOptions
     install_hint = ("on a Jetson, install JetPack (python3-libnvinfer); on x86 with an NVIDIA GPU, pip install 'edgekit[tensorrt]'; "
                     "for a Jetson from this machine use `edgekit deploy RUN_DIR --target ssh://user@jetson`")
 
@@ -90,8 +113,7 @@ class TensorRTBackend(Backend):
                              "build_seconds": meta["build_seconds"], "compile_seconds": round(time.perf_counter() - t0, 3),
                              "size_bytes": dst.stat().st_size, "source_onnx": str(onnx_path.resolve()),
                              "layer_precision_counts": layers["counts"]})
-        art.save()
-        return art
+        return art  # saved (artifact.json) by the caller, once it has checked parity
 
     def load(self, artifact: Artifact, **settings) -> Runner:
         self.require()
@@ -101,9 +123,12 @@ class TensorRTBackend(Backend):
         if plan.get("tensorrt") and plan["tensorrt"] != tensorrt.__version__:
             raise EdgekitError(f"{artifact.path} was built with TensorRT {plan['tensorrt']}, this machine has {tensorrt.__version__}",
                                "engines are not portable between TensorRT versions: recompile it here")
-        return TensorRTRunner(artifact.spec, artifact.path, settings)
+        with reading(artifact.path, "TensorRT engine", "rebuild it on this machine with `edgekit compile --backend tensorrt`"):
+            return TensorRTRunner(artifact.spec, artifact.path, settings)
 
 
 def read_layers(artifact_dir) -> dict:
     """Per-layer precision saved beside a compiled engine."""
-    return json.loads((Path(artifact_dir) / "layers.json").read_text())
+    from edgekit.io import load_json
+
+    return load_json(Path(artifact_dir) / "layers.json", "layer precisions")

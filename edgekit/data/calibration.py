@@ -3,6 +3,10 @@
 Samples stay paired (image, audio and text of one sample together). A set is stratified by class, and a
 chosen fraction of its samples has one modality missing (zeros + mask bit 0) so that activation ranges also
 cover what the model sees when a sensor drops out. Named definitions live as YAML in the `calibration/` folder.
+
+`stratified` is the one sampler every consumer of a few samples uses (calibration, Taylor importance, the
+accuracy-aware ranking): seeded, equal per class, and interleaved, so that any prefix of it (the first batch,
+the first N samples) holds every class, however the source split is ordered (the built-in splits are sorted by class).
 """
 from __future__ import annotations
 
@@ -30,6 +34,23 @@ def definition_path(name: str) -> Path:
                        "a path to a YAML definition, or inline {size: 256, stratify: class}")
 
 
+def stratified(labels: np.ndarray, size: int | None = None, seed: int = 0) -> np.ndarray:
+    """Indices of `size` samples (all when None): equal per class (the remainder spread over classes), each class's
+    samples drawn at random, and interleaved round by round (one of each class per round, in a shuffled class
+    order), so that every prefix of the result is as close to class-balanced as the counts allow."""
+    labels = np.asarray(labels)
+    size = len(labels) if size is None else min(size, len(labels))
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    quota = [0] * len(pools)
+    while sum(quota) < size:  # equal shares; a class with too few samples leaves its share to the others
+        open_ = [i for i, p in enumerate(pools) if quota[i] < len(p)]
+        for i in open_[: size - sum(quota)] if len(open_) > size - sum(quota) else open_:
+            quota[i] += 1
+    rounds = [rng.permutation([p[r] for p, q in zip(pools, quota) if r < q]) for r in range(max(quota, default=0))]
+    return np.concatenate(rounds).astype(np.int64) if rounds else np.zeros(0, np.int64)
+
+
 def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: float = 0.0, seed: int = 0,
            required: tuple[str, ...] = (), policy=None) -> ArrayDataset:
     """`size` paired samples: equal per class when stratify == "class" (the remainder spread over classes),
@@ -52,13 +73,12 @@ def sample(data: ArrayDataset, size: int, stratify: str = "class", missing: floa
         if size < len(classes):
             raise EdgekitError(f"calibration size {size} cannot hold one sample of each of the {len(classes)} classes (stratify: class)",
                                f"use size: {len(classes)} or more (64-512 is typical), or stratify: none")
-        per = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
-        idx = np.concatenate([rng.permutation(np.flatnonzero(data.labels == c))[:n] for c, n in zip(classes, per)])
+        idx = stratified(data.labels, size, seed)
     elif stratify == "none":
         idx = rng.permutation(len(data))[:size]
     else:
         raise EdgekitError(f"unknown calibration stratify '{stratify}'", "use 'class' or 'none'")
-    out = data.subset(np.sort(idx))
+    out = data.subset(idx)  # in sampled order: batches taken from its start see every class
     policy = policy or out.missing_policy
     droppable = [m for m in policy.droppable if m not in required]
     if missing > 0 and droppable:

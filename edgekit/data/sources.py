@@ -4,11 +4,11 @@ its label, and where it came from ('data/manifest.jsonl row 12'), so every later
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.io import parse_json
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -71,9 +71,9 @@ def read_manifest(settings, base_dir: Path) -> Table:
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise EdgekitError(f"{shown} line {n} is not JSON: {e.msg}", "one JSON object per line (JSON Lines)") from None
+                        row = parse_json(line, f"{shown} line {n}")  # bounded nesting, no duplicate keys
+                    except EdgekitError as e:
+                        raise EdgekitError(e.message, "one JSON object per line (JSON Lines)") from None
                     if not isinstance(row, dict):
                         raise EdgekitError(f"{shown} line {n} is a {type(row).__name__}, not a JSON object", "one object per line, keys = columns")
                     raw.append(row)

@@ -11,7 +11,6 @@ fetched as soon as the device finishes it, so a dropped connection keeps what wa
 command only runs what is missing (or what changed: ONNX, settings, samples, TensorRT/L4T/power mode)."""
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from edgekit.deploy.bundle import (
 )
 from edgekit.deploy.remote import TargetRun, raise_failures, run_targets
 from edgekit.errors import EdgekitError
+from edgekit.guard import refuse_overwrite
+from edgekit.io import load_json
 from edgekit.ssh import Target
 
 __all__ = ["deploy", "bench_remote", "print_summary", "raise_failures"]
@@ -56,6 +57,7 @@ def deploy(run_dir, targets: list[str], runtime: str = "auto", accept_new_host: 
     _check_runtime(runtime)
     parsed = _parse_targets(targets)
     run_dir = Path(run_dir)
+    refuse_overwrite([run_dir / "bundle", run_dir / "targets"], [identity, known_hosts, samples_path], "deploy's output")
     sources = _chosen_variants(run_dir, variants)
     data = eval_samples(run_dir, sources[0].spec, samples, samples_path)
     recommended = _recommended(run_dir)
@@ -83,8 +85,9 @@ def bench_remote(artifact, targets: list[str], runtime: str = "auto", accept_new
     if not onnx.exists() or onnx.suffix != ".onnx":
         raise EdgekitError(f"{artifact} is not an ONNX file or a folder holding model.onnx",
                            "remote benchmarks start from the portable ONNX (engines are built on the device)")
-    source = variant_from_onnx(onnx)
     home = onnx.parent
+    refuse_overwrite([home / "targets", *(home / f"bench-{t.slug}.json" for t in parsed)], [onnx, identity, known_hosts], "the benchmark's output")
+    source = variant_from_onnx(onnx)
     with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
         make_bundle(Path(tmp), [source], None, build, bench)
 
@@ -111,8 +114,8 @@ def _recommended(run_dir: Path) -> str | None:
     """The variant the run's report recommends (the bundle's default for edgekit.runtime), if there is a report."""
     if (run_dir / "results.json").exists():
         try:
-            return json.loads((run_dir / "results.json").read_text()).get("recommended")
-        except ValueError:
+            return load_json(run_dir / "results.json", "results file").get("recommended")
+        except (EdgekitError, AttributeError):  # a broken results.json is reported by `edgekit report`
             pass
     return None
 

@@ -2,7 +2,7 @@
 shown as one table per target."""
 from __future__ import annotations
 
-from edgekit.ui import console
+from edgekit.ui import console, escape
 
 _LAT_KEYS = ("median", "p90", "p99", "mean", "std", "cv", "min", "max", "n", "high_variance")
 _MS_KEYS = ("median", "p90", "p99", "mean", "std", "min", "max")
@@ -12,18 +12,21 @@ _METRIC_KEYS = ("n", "accuracy", "precision_macro", "recall_macro", "f1_macro", 
 
 def to_result(raw: dict, target: str) -> dict:
     """The agent's record of one variant in edgekit-results/1 shape (SI units: seconds, watts, joules)."""
-    lat, thr = {}, {}
+    lat, thr, rounds = {}, {}, {}
     for b, entry in (raw.get("batches") or {}).items():
         ms = entry["latency_ms"]
         lat[int(b)] = {k: (ms[k] / 1000.0 if k in _MS_KEYS else ms[k]) for k in _LAT_KEYS if k in ms}
         thr[int(b)] = entry.get("throughput_per_s")
+        if entry.get("round_medians_ms"):  # interleaved rounds (edgekit.agent.measure.time_rounds)
+            rounds[int(b)] = [m / 1000.0 for m in entry["round_medians_ms"]]
     power = raw.get("power") or {}
     acc, par = raw.get("accuracy"), raw.get("parity")
     return {"variant": raw["variant"], "target": target, "status": "ok", "precision": raw.get("precision"),
             "metrics": {k: acc[k] for k in _METRIC_KEYS if k in acc} if acc else None,
             "parity": {k: par[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n") if k in par} if par else None,
-            "latency": lat, "throughput": thr, "build_seconds": (raw.get("engine") or {}).get("build_seconds"),
-            "artifact_size_bytes": (raw.get("engine") or {}).get("bytes"),
+            "latency": lat, "throughput": thr, "round_medians": rounds, "timing_session": (raw.get("timing") or {}).get("session"),
+            "build_seconds": (raw.get("engine") or {}).get("build_seconds"),
+            "artifact_size_bytes": (raw.get("engine") or {}).get("bytes"), "runtime_precision": raw.get("runtime_precision"),
             "power": {"avg_watts": power.get("average_power_w"),
                       "energy_per_inference_j": power["energy_per_inference_mj"] / 1000.0 if power.get("energy_per_inference_mj") is not None else None}
             if power.get("available") else None}
@@ -52,11 +55,11 @@ def print_summary(summaries: list[dict]) -> None:
         if not s.get("variants"):
             continue
         t = Table("variant", "runtime", "accuracy", "top-1 agree", "median ms (batch)", "p90 ms", "power W", "mJ/inference",
-                  title=f"{s['slug']}: {s.get('status')}  ({s['results_dir']})")
+                  title=escape(f"{s['slug']}: {s.get('status')}  ({s['results_dir']})"))
         for name, r in sorted(s["variants"].items()):
             b = next(iter((r.get("batches") or {}).values()), None)
             pw = r.get("power") or {}
-            t.add_row(name, (r.get("runtime") or {}).get("runtime", ""),
+            t.add_row(escape(name), (r.get("runtime") or {}).get("runtime", ""),
                       f"{r['accuracy']['accuracy']:.4f}" if r.get("accuracy") else "-",
                       f"{r['parity']['top1_agreement']:.3f}" if r.get("parity") else "-",
                       f"{b['latency_ms']['median']:.3f} ({b['batch']})" if b else "-", f"{b['latency_ms']['p90']:.3f}" if b else "-",

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.agent import measure
 from edgekit.agent.trt_plan import DEFAULT_OPTIONS
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reading
 from edgekit.evaluate import predict
 from edgekit.io import atomic_write_npz, atomic_write_text, file_sha256
 from edgekit.onnxgraph.info import graph_info, precision_of, spec_for_onnx
@@ -41,7 +41,8 @@ class VariantSource:
 
 def variant_from_onnx(onnx_path, name: str | None = None) -> VariantSource:
     onnx_path = Path(onnx_path)
-    g = graph_info(onnx_path)
+    with reading(onnx_path, "ONNX model", "re-export it (edgekit compress / edgekit export)"):
+        g = graph_info(onnx_path)
     return VariantSource(name or (onnx_path.parent.name if onnx_path.stem == "model" else onnx_path.stem), onnx_path,
                          spec_for_onnx(onnx_path), precision_of(g), g)
 
@@ -59,13 +60,15 @@ def variants_in_run(run_dir) -> list[VariantSource]:
 def build_options(run_dir) -> dict:
     """TensorRT build options from the run's resolved recipe: the `options` of its first `backend: tensorrt` target
     (or a `tensorrt:` mapping at the top level), else none (the agent's defaults)."""
-    import yaml
+    from edgekit.io import load_yaml
 
     for name in ("recipe.resolved.yaml", "recipe.yaml"):
         p = Path(run_dir) / name
         if not p.exists():
             continue
-        doc = yaml.safe_load(p.read_text()) or {}
+        doc = load_yaml(p, "resolved recipe") or {}
+        if not isinstance(doc, dict):
+            raise EdgekitError(f"{p} is not a YAML mapping", "rerun `edgekit compress` to rewrite it")
         targets = doc.get("targets") if isinstance(doc.get("targets"), list) else []
         found = next((t.get("options") or {} for t in targets if isinstance(t, dict) and t.get("backend") == "tensorrt"), None)
         if found is None and isinstance(doc.get("tensorrt"), dict):
@@ -85,7 +88,8 @@ def eval_samples(run_dir, spec: ModelSpec, n: int = DEFAULT_SAMPLES, samples_pat
     data = None
     for p in candidates:
         if p.exists():
-            data = ArrayDataset.load(p)
+            with reading(p, "sample set", "pass an ArrayDataset .npz, or rerun `edgekit compress` to rewrite the run's eval_samples.npz"):
+                data = ArrayDataset.load(p)
             break
         if samples_path:
             raise EdgekitError(f"samples file {p} does not exist", "pass an ArrayDataset .npz (inputs by name + labels)")
@@ -136,7 +140,12 @@ def _write_reference(out: Path, v: VariantSource, onnx_rel: str, onnx_sha: str, 
     key = hashlib.sha256((onnx_sha + samples_sha).encode()).hexdigest()
     ref = out / ref_rel
     if not ref.exists() or _npz_key(ref) != key:
-        logits = predict(ort_predict(out / onnx_rel, v.spec.output_names[0]), samples, 64)
+        foreign = sorted(set(v.spec.input_names) - set(samples.inputs))
+        if foreign:
+            raise EdgekitError(f"variant '{v.name}' ({v.onnx}) takes inputs {foreign} that the samples lack ({sorted(samples.inputs)}): "
+                               "it is not a model of this run", "put the variant's own exported model.onnx back (rerun `edgekit compress`)")
+        with reading(v.onnx, "ONNX model", "re-export it (edgekit compress / edgekit export)"):
+            logits = predict(ort_predict(out / onnx_rel, v.spec.output_names[0]), samples, 64)
         atomic_write_npz(ref, logits=logits.astype(np.float32), key=np.array(key))
     return ref_rel
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from edgekit.deploy.agent_results import one_line, to_result
 from edgekit.deploy.bundle import AGENT_PACKAGE
 from edgekit.errors import EdgekitError
-from edgekit.io import atomic_write_json
+from edgekit.io import atomic_write_json, load_json, parse_json
 from edgekit.ssh import Connection, Target
-from edgekit.ui import console
+from edgekit.ui import console, escape
 
 REMOTE_BASE = "~/.cache/edgekit"
 MIN_FREE_BYTES = 64 << 20
@@ -74,7 +74,7 @@ class TargetRun:
     summary: dict = field(default_factory=dict)
 
     def say(self, text: str) -> None:
-        console.print(f"[bold]{self.target.slug}[/]: {text}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]{escape(self.target.slug)}[/]: {escape(text)}", highlight=False, soft_wrap=True)
 
     def event(self, ev: dict) -> None:
         if self.on_event:
@@ -90,8 +90,10 @@ def preflight(conn: Connection, run: TargetRun, bundle_bytes: int) -> dict:
         raise EdgekitError(f"no Python at '{t.python}' on {t.address}",
                            "install it (sudo apt install python3 python3-numpy) or name it: ssh://...?python=/usr/bin/python3")
     try:
-        info = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        info = parse_json(out.strip().splitlines()[-1], f"the preflight output of {t.address}")
+        if not isinstance(info, dict) or not isinstance(info.get("python"), str):
+            raise IndexError
+    except (EdgekitError, IndexError):
         first = (err.strip().splitlines() or ["no output"])[-1]
         raise EdgekitError(f"'{t.python}' on {t.address} could not run the preflight check ({first[:200]})",
                            "edgekit's agent needs Python 3.8+ (JetPack 6 has 3.10); point ?python= at it") from None
@@ -130,8 +132,8 @@ def resume_key(manifest: dict, entry: dict, run: TargetRun, device: dict) -> str
 
 def _done_locally(path: Path, key: str) -> bool:
     try:
-        return json.loads(path.read_text()).get("resume_key") == key
-    except (OSError, ValueError):
+        return load_json(path, "device result").get("resume_key") == key
+    except (EdgekitError, AttributeError):
         return False
 
 
@@ -174,7 +176,7 @@ def _plan(run: TargetRun, manifest: dict, device: dict) -> tuple[dict, list[str]
         done = run.results_dir / f"{name}.json"
         if _done_locally(done, keys[name]):
             summary["skipped"].append(name)
-            summary["variants"][name] = json.loads(done.read_text())
+            summary["variants"][name] = load_json(done, "device result")
         else:
             todo.append(name)
     if summary["skipped"]:
@@ -211,8 +213,10 @@ class _AgentEvents:
         if not line.startswith("{"):
             return
         try:
-            ev = json.loads(line)
-        except ValueError:
+            ev = parse_json(line, f"a progress line from {self.run.target.address}")
+        except EdgekitError:
+            return
+        if not isinstance(ev, dict):
             return
         run, kind = self.run, ev.get("event")
         if kind == "fingerprint":
@@ -297,8 +301,13 @@ def _fetch_variant(conn: Connection, run: TargetRun, remote: str, ev: dict, key:
         conn.get(f"{remote}/results/{ev['layers']}", out / f"{name}.layers.json")
     tmp = out / f".{name}.remote.json"
     conn.get(f"{remote}/results/{ev['file']}", tmp)
-    raw = json.loads(tmp.read_text())
-    tmp.unlink()
+    try:
+        raw = load_json(tmp, f"result of {name} from {run.target.address}")
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not isinstance(raw, dict):
+        raise EdgekitError(f"the result of {name} from {run.target.address} is a JSON {type(raw).__name__}, not an object",
+                           "the device's agent is not edgekit's: redeploy")
     raw.update(resume_key=key, target=run.target.url, result=to_result(raw, run.target.url))
     if "engine" in raw:
         raw["engine"]["local_file"] = str(out / "engines" / f"{name}.engine")
@@ -315,7 +324,7 @@ def _write_summary(run: TargetRun, manifest: dict) -> None:
     fp = run.results_dir / "fingerprint.json"
     atomic_write_json(run.results_dir / "results.json", {
         "target": s.get("target"), "status": s.get("status"), "mode": run.mode, "runtime": (s.get("device") or {}).get("runtime"),
-        "fingerprint": json.loads(fp.read_text()) if fp.exists() else None, "preflight": s.get("device"),
+        "fingerprint": load_json(fp, "device fingerprint") if fp.exists() else None, "preflight": s.get("device"),
         "variants": s.get("variants", {}), "errors": s.get("errors", {}),
         "complete": all(v in s.get("variants", {}) for v in run.variants), "bench_protocol": manifest.get("bench")})
 
@@ -338,8 +347,11 @@ def run_targets(runs: list[TargetRun], check: bool = True) -> list[dict]:
     if len(runs) == 1:
         summaries = [one(runs[0])]
     else:
-        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=len(runs))
+        try:
             summaries = list(pool.map(one, runs))
+        finally:  # after Ctrl-C the main thread must not wait for the other devices' sessions to end
+            pool.shutdown(wait=False, cancel_futures=True)
     if check:
         raise_failures(summaries)
     return summaries

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.limits import check_external_data
 from edgekit.onnxgraph.info import spec_for_onnx
 from edgekit.onnxgraph.save import save_with_spec
 from edgekit.parity import (
@@ -34,6 +35,7 @@ def to_fp16_onnx(src_onnx, dst_onnx, keep_fp32=KEEP_FP32, min_top1: float = MIN_
     from onnx import TensorProto, helper, numpy_helper
 
     src, dst = Path(src_onnx), Path(dst_onnx)
+    check_external_data(src)  # before onnx.load reads any external data
     proto = onnx.load(str(src))
     g = proto.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node):
@@ -116,4 +118,4 @@ def to_fp16_onnx(src_onnx, dst_onnx, keep_fp32=KEEP_FP32, min_top1: float = MIN_
     result = dict(parity(reference, ort_predict(dst, spec.output_names[0]), data, max_samples), reference=what, candidate="onnxruntime CPU")
     save_parity_samples(dst, data.subset(np.arange(min(len(data), max_samples))), np.asarray(reference)[:max_samples])
     report = {**facts, "source": str(src), "keep_fp32": sorted(keep_fp32), "io_dtype": "float32", "parity": result, "spec": spec.model_dump()}
-    return save_checked_report(dst, report, min_top1, f"FP16 conversion {dst}")
+    return save_checked_report(dst, report, min_top1, f"the FP16-converted graph {dst} (run by ONNX Runtime)")

@@ -2,12 +2,13 @@
 numpy-only copy, `agent.trt_plan.graph_precision`, checked against this one by the tests) and its ModelSpec."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.spec import InputSpec, ModelSpec, OutputSpec
+from edgekit.io import load_json
+from edgekit.limits import check_external_data
+from edgekit.spec import ModelSpec, spec_from
 
 SPEC_KEY = "edgekit.spec"  # ONNX metadata_props key: the file carries its own ModelSpec
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -66,15 +67,18 @@ def spec_for_onnx(path) -> ModelSpec:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 — protobuf raises several types for a broken file
         raise EdgekitError(f"{path} is not a readable ONNX file ({type(e).__name__})", "re-export it") from e
+    check_external_data(path, proto)
     meta = {p.key: p.value for p in proto.metadata_props}
     if SPEC_KEY in meta:
-        return ModelSpec.model_validate_json(meta[SPEC_KEY])
+        return _fits(proto, spec_from(meta[SPEC_KEY], f"{path} (metadata '{SPEC_KEY}')"), path, f"its metadata '{SPEC_KEY}'")
     cfg = path.parent / "config.json"
     if cfg.exists():
         try:
-            return ModelSpec.model_validate(json.loads(cfg.read_text())["spec"])
-        except (json.JSONDecodeError, KeyError, ValueError):
+            spec = spec_from(load_json(cfg, "checkpoint config")["spec"], str(cfg))
+        except (EdgekitError, KeyError, TypeError):
             pass
+        else:
+            return _fits(proto, spec, path, str(cfg))
     inits = {i.name for i in proto.graph.initializer}
 
     def shape(v, what):
@@ -90,7 +94,19 @@ def spec_for_onnx(path) -> ModelSpec:
         dt = _ONNX_DTYPES.get(v.type.tensor_type.elem_type)
         if dt is None:
             raise EdgekitError(f"input '{v.name}' of {path} has an unsupported element type {v.type.tensor_type.elem_type}", f"use one of {sorted(_ONNX_DTYPES.values())}")
-        inputs.append(InputSpec(name=v.name, shape=shape(v, "input"), dtype=dt))
-    outputs = [OutputSpec(name=v.name, shape=shape(v, "output")) for v in proto.graph.output]
-    n_cls = outputs[0].shape[-1] if outputs and outputs[0].shape and outputs[0].shape[-1] else 0
-    return ModelSpec(inputs=inputs, outputs=outputs, class_names=[str(i) for i in range(n_cls)])
+        inputs.append({"name": v.name, "shape": shape(v, "input"), "dtype": dt})
+    outputs = [{"name": v.name, "shape": shape(v, "output")} for v in proto.graph.output]
+    n_cls = outputs[0]["shape"][-1] if outputs and outputs[0]["shape"] and outputs[0]["shape"][-1] else 0
+    return spec_from({"inputs": inputs, "outputs": outputs, "class_names": [str(i) for i in range(min(n_cls, 1 << 16))]},
+                     f"{path} (the shapes of its graph's inputs and outputs)")
+
+
+def _fits(proto, spec: ModelSpec, path: Path, source: str) -> ModelSpec:
+    """`spec` if the graph takes no input it lacks: a foreign ONNX dropped into a variant folder would otherwise be fed
+    by the spec of the config.json beside it and fail inside the runtime."""
+    inits = {i.name for i in proto.graph.initializer}
+    extra = sorted(v.name for v in proto.graph.input if v.name not in inits and v.name not in spec.input_names)
+    if extra:
+        raise EdgekitError(f"{path} takes inputs {extra} that {source} does not describe (it names {spec.input_names}): the graph "
+                           "is not the model its spec is for", "put the model's own exported ONNX back (edgekit export / edgekit compress)")
+    return spec

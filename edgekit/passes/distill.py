@@ -81,6 +81,8 @@ def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int =
             batch_size: int = 64, patience: int | None = 3, modality_p: float = 0.2, seed: int = 0,
             progress=None, missing=None) -> tuple[nn.Module, dict]:
     """Train a copy of `student` to match `teacher`; returns (the student with its best-validation weights, record).
+    The student as given is a candidate too: when no epoch beats its validation accuracy it comes back unchanged
+    (record["kept_start"]), so distillation / QAT never return a model worse than their input.
 
     missing: how a modality is absent for this model (edgekit.data.missing.MissingPolicy; default: the training
       set's). Modality dropout uses it, so any model works: zeros + a mask column, an all-zero attention_mask, or
@@ -146,6 +148,7 @@ def distill(student: nn.Module, teacher: nn.Module, train, val, *, epochs: int =
                                                "patience": patience, "modality_p": modality_p, "seed": seed},
               "dropped_modalities": policy.droppable if modality_p > 0 else [],
               "epochs_run": len(result["history"]), "best_val_accuracy": result["best_val_accuracy"],
+              "start_val_accuracy": result["start_val_accuracy"], "kept_start": result["kept_start"],
               "history": result["history"], "seconds": time.time() - t0}
     return wrapped.student.eval(), record
 
@@ -188,4 +191,9 @@ def restore(model: nn.Module, cfg: dict, spec) -> nn.Module:
 
 
 def summary(record: dict) -> str:
-    return f"best validation accuracy {record['best_val_accuracy']:.4f} after {record['epochs_run']} epoch(s)"
+    if record.get("kept_start"):
+        trained = max((h["val_accuracy"] for h in record["history"]), default=float("nan"))
+        return (f"kept the starting model: validation accuracy {record['start_val_accuracy']:.4f}, training reached at best "
+                f"{trained:.4f} in {record['epochs_run']} epoch(s)")
+    return (f"best validation accuracy {record['best_val_accuracy']:.4f} after {record['epochs_run']} epoch(s) "
+            f"(start {record.get('start_val_accuracy', float('nan')):.4f})")

@@ -194,11 +194,13 @@ def _torch_pruning():
 
 
 def _accumulate_gradients(model, calibration, batches: int, batch_size: int) -> None:
-    """dL/dw summed over a few labelled calibration batches: what Taylor importance multiplies with w."""
+    """dL/dw summed over a few labelled calibration batches, drawn class-stratified (every batch holds every class,
+    whatever the order of the set): what Taylor importance multiplies with w."""
+    from edgekit.data.calibration import stratified
+
     model.zero_grad(set_to_none=True)
-    for i, (feed, labels) in enumerate(calibration.batches(batch_size)):
-        if i >= batches:
-            break
+    picked = calibration.subset(stratified(calibration.labels, batches * batch_size))
+    for feed, labels in picked.batches(batch_size):
         logits = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()})
         nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(labels))).backward()
 

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from edgekit.data import ArrayDataset
-from edgekit.data.calibration import check as check_calibration, describe
+from edgekit.data.calibration import check as check_calibration, describe, stratified
 from edgekit.errors import EdgekitError
 from edgekit.passes.base import PassSettings
 from edgekit.spec import ModelSpec
@@ -249,9 +249,9 @@ def _accuracy_aware(fp_model, q, spec, val, budget, batch_size, ranking_samples,
         return dict(out, met=True, final_accuracy=q_acc, drop=(fp_acc - q_acc) * 100,
                     note=f"fully quantized model is within budget ({(fp_acc - q_acc) * 100:.2f} <= {budget} points)")
     groups = _groups(q)
-    n_rank = min(ranking_samples, len(val))
-    rank_feeds = _feeds(val.subset(np.arange(n_rank)), spec, n_rank)
-    ref = fp_logits[:n_rank]
+    rank_idx = stratified(val.labels, ranking_samples)  # class-stratified: the val split may be sorted by class
+    rank_feeds = _feeds(val.subset(rank_idx), spec, len(rank_idx))
+    ref = fp_logits[torch.from_numpy(rank_idx)]
     # sensitivity of an op = how far the logits move when it alone is quantized (every other op in float):
     # its own damage, not masked by the damage of ops before or after it
     for group in groups.values():
@@ -265,6 +265,7 @@ def _accuracy_aware(fp_model, q, spec, val, budget, batch_size, ranking_samples,
             progress(1, f"ranking {i + 1}/{len(groups)}")
     scores.sort(key=lambda s: -s[0])
     out["ranking"] = [{"op": op, "kl_alone": s} for s, op in scores]
+    out["ranking_samples"] = {"n": len(rank_idx), "per_class": np.bincount(val.labels[rank_idx]).tolist()}
     ranked = [op for _, op in scores]
     limit = min(max_float_ops or len(ranked), len(ranked))
     trials: dict[int, float] = {0: q_acc}
