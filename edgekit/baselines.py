@@ -222,7 +222,8 @@ def time_interleaved(rows: list[dict], spec, rounds: int, seconds: float, min_it
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """speedup_vs_X = X's p50 / this row's p50 at batch 1 (> 1: this row is faster); X on the same backend for B1/B2,
+    """speedup_vs_X = X's p50 / this row's p50 at batch 1 (> 1: this row is faster; the median of the paired per-round
+    ratios, the statistic its interval is of); X on the same backend for B1/B2,
     with its 95% interval and verdict by the rule `edgekit run` and the report apply (edgekit.judge.speedup_record).
     Also the throughput ratio at batch 8, the p99 ratio, and the per-round range of the p50 ratio."""
     from edgekit.judge import speedup_record

@@ -158,7 +158,10 @@ def load(path, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict]:
     weights, cfg_path = _paths(path)
     cfg = read_config(path)
     sha = cfg.get("weights_sha256")
-    state = read_state(weights, sha if isinstance(sha, str) else None)
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise EdgekitError(f"{cfg_path}: weights_sha256 must be the weights' SHA-256 as 64 hex digits, not {str(sha)[:40]!r}",
+                           "restore config.json from the original checkpoint (or remove weights_sha256 to load unverified weights on purpose)")
+    state = read_state(weights, sha)
     try:
         spec = spec_from(cfg["spec"], str(cfg_path))  # shapes bounded before anything is allocated from them
     except ValueError as e:  # pydantic's ValidationError

@@ -190,8 +190,10 @@ def export(checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", hel
     """Export a checkpoint to ONNX (dynamic batch, Q/DQ for INT8) and check parity with the torch model."""
     from edgekit.export import export_checkpoint
     from edgekit.io import check_writable
+    from edgekit.limits import check_int
     from edgekit.onnxgraph.fp16 import to_fp16_onnx
 
+    check_int(opset, "--opset", 13, 23, hint="the exporter writes opsets 13 to 23; 17 is read by TensorRT 10.3, ONNX Runtime and OpenVINO")
     check_writable(out)
     with _trust(trust_code):
         reports = [export_checkpoint(checkpoint_path, out, fsdd=fsdd, opset=opset)]

@@ -90,7 +90,7 @@ def _compress(checkpoint_path, recipe: Recipe, out_dir, progress: bool, only: li
         from edgekit.checkpoint import read_config
 
         read_config(checkpoint_path)  # a wrong path fails before anything is written
-    refuse_overwrite(run_outputs(out, recipe, checkpoint_path), run_inputs(recipe, path, checkpoint_path), "the run's output")
+    refuse_run_over_inputs(out, recipe, path, checkpoint_path)
     with RunLock(out):
         source = source_checkpoint(checkpoint_path, recipe, out, recipe_path=path)
         from edgekit import checkpoint
@@ -180,16 +180,34 @@ def run_outputs(out: Path, recipe: Recipe, checkpoint_path=None) -> list[Path]:
 
 def run_inputs(recipe: Recipe, recipe_path=None, checkpoint_path=None) -> list[Path]:
     """The files a run reads that its outputs must not overwrite: the recipe, its calibration definition, the checkpoint."""
-    from edgekit.checkpoint import input_files
-    from edgekit.source import checkpoint_path_of
-
     found = [recipe_path]
     if recipe.calibration.name:
         from edgekit.data.calibration import definition_path
 
         found.append(definition_path(recipe.calibration.name))
+    return found + _checkpoint_files(recipe, recipe_path, checkpoint_path)
+
+
+def _checkpoint_files(recipe: Recipe, recipe_path=None, checkpoint_path=None) -> list[Path]:
+    from edgekit.checkpoint import input_files
+    from edgekit.source import checkpoint_path_of
+
     ck = checkpoint_path if checkpoint_path is not None else (checkpoint_path_of(recipe.model, recipe_path) if recipe.model and recipe.model.checkpoint else None)
-    return found + (input_files(ck) if ck is not None else [])
+    return input_files(ck) if ck is not None else []
+
+
+def refuse_run_over_inputs(out: Path, recipe: Recipe, recipe_path=None, checkpoint_path=None, outputs=(), inputs=()) -> None:
+    """No run output overwrites what the run reads (edgekit.guard), and the run directory is not the checkpoint's
+    folder (nor one holding it), except for RUN/source, where edgekit itself puts a model it trained or imported."""
+    from edgekit.guard import clash
+
+    reads = run_inputs(recipe, recipe_path, checkpoint_path) + [p for p in inputs if p is not None]
+    refuse_overwrite(run_outputs(out, recipe, checkpoint_path) + list(outputs), reads, "the run's output")
+    mine = out / "source"
+    for f in _checkpoint_files(recipe, recipe_path, checkpoint_path):
+        if clash([out], [f]) and not clash([mine], [f]):
+            raise EdgekitError(f"the run directory {out} holds the checkpoint file {f}: a run writes its own files there",
+                               "give --out a folder of its own (e.g. runs/<name>); the checkpoint stays where it is")
 
 
 def _needed_by(name: str, only: list[str], recipe: Recipe) -> bool:

@@ -37,7 +37,7 @@ _LIBRARY = {"onnxruntime.capi.onnxruntime_pybind11_state": None,  # Fail, Invali
             "google.protobuf.message": ("Error",), "onnx.onnx_cpp2py_export.checker": ("ValidationError",),
             "onnx.onnx_cpp2py_export.shape_inference": ("InferenceError",), "onnx.onnx_cpp2py_export.parser": ("ParseError",),
             "safetensors": ("SafetensorError",), "yaml": ("YAMLError",), "zipfile": ("BadZipFile",), "struct": ("error",),
-            "paramiko.ssh_exception": ("SSHException",), "openvino.exceptions": ("OVError",)}
+            "paramiko.ssh_exception": ("SSHException",), "paramiko.hostkeys": ("InvalidHostKey",), "openvino.exceptions": ("OVError",)}
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed: ?)?")
 
 

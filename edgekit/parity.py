@@ -137,10 +137,10 @@ def ort_predict(onnx_path, output: str | None = None):
     return lambda feed: sess.run(out, {k: np.ascontiguousarray(v) for k, v in feed.items()})[0]
 
 
-def compiled_parity(runner, onnx_path, spec: ModelSpec, max_samples: int = 256) -> dict:
-    """Parity of a compiled artifact against the torch model (samples saved at export), or against ONNX
-    Runtime on the source ONNX with random inputs when the file came without them."""
-    saved = load_parity_samples(onnx_path)
+def compiled_parity(runner, onnx_path, spec: ModelSpec, max_samples: int = 256, saved=None) -> dict:
+    """Parity of a compiled artifact against the torch model (`saved`: load_parity_samples(onnx_path), read by the
+    caller before it compiled anything), or against ONNX Runtime on the source ONNX with random inputs when the
+    file came without them."""
     if saved is not None:
         data, reference = saved
         res = parity(reference, runner, data, max_samples)

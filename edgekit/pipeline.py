@@ -64,12 +64,10 @@ def _run(recipe_path, recipe: Recipe, out, checkpoint, force, ssh: dict | None, 
         from edgekit.checkpoint import read_config
 
         read_config(checkpoint)  # a wrong path fails before anything is written
-    from edgekit.compress import run_inputs, run_outputs
-    from edgekit.guard import refuse_overwrite
+    from edgekit.compress import refuse_run_over_inputs
 
     written = [out / n for n in ("targets", "bundle", "results.json", "report.md", "report.html", "pareto.png", "size_accuracy.png", "timings.json")]
-    keys = [(ssh or {}).get("identity"), (ssh or {}).get("known_hosts")]
-    refuse_overwrite(run_outputs(out, recipe, checkpoint) + written, run_inputs(recipe, recipe_path, checkpoint) + keys, "the run's output")
+    refuse_run_over_inputs(out, recipe, recipe_path, checkpoint, written, [(ssh or {}).get("identity"), (ssh or {}).get("known_hosts")])
     locals_ = [t for t in recipe.targets if not t.host]
     remotes = [t for t in recipe.targets if t.host]
     steps = Steps(total=2 + len(locals_) * (3 + 2 * len(recipe.variants)) + len(remotes) + 1)

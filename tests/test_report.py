@@ -114,12 +114,14 @@ def test_cli_report_prints_recommendation_and_path(real_run):
 
 def _doc(**over):
     lat = lambda s, cv=0.01: {"1": {"median": s, "p90": s * 1.1, "p99": s * 1.2, "cv": cv, "n": 100}}  # noqa: E731
+    # timed in the same 5 interleaved rounds, each round's drift shared by all variants: every ratio is exact
+    rounds = lambda s: {"round_medians": {"1": [s * k for k in (0.99, 1.0, 1.01, 1.0, 1.02)]}, "timing_session": "t1"}  # noqa: E731
     doc = {"schema": SCHEMA, "run": {"name": "synthetic"}, "budget": {"max_accuracy_drop": 0.01},
            "variants": {"fp32": {}, "int8": {"precision": "int8"}, "pruned": {}},
            "targets": {"cpu": {"backend": "onnxruntime"}},
-           "results": [{"variant": "fp32", "target": "cpu", "metrics": {"accuracy": 0.97}, "latency": lat(0.002)},
-                       {"variant": "int8", "target": "cpu", "metrics": {"accuracy": 0.96}, "latency": lat(0.001, cv=0.2)},
-                       {"variant": "pruned", "target": "cpu", "metrics": {"accuracy": 0.90}, "latency": lat(0.0005)}]}
+           "results": [{"variant": "fp32", "target": "cpu", "metrics": {"accuracy": 0.97}, "latency": lat(0.002), **rounds(0.002)},
+                       {"variant": "int8", "target": "cpu", "metrics": {"accuracy": 0.96}, "latency": lat(0.001, cv=0.2), **rounds(0.001)},
+                       {"variant": "pruned", "target": "cpu", "metrics": {"accuracy": 0.90}, "latency": lat(0.0005), **rounds(0.0005)}]}
     doc.update(over)
     return doc
 

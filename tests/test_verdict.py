@@ -205,7 +205,9 @@ def test_a_real_run_stores_rounds_intervals_and_verdicts_and_states_the_rule(tmp
     sp = rows["int8"]["speedup"]
     ci = measure.speedup_ci(rows["fp32"]["round_medians"]["1"], rows["int8"]["round_medians"]["1"])
     assert sp["vs"] == "fp32" and sp["rounds"] == rounds and sp["ci95"] == pytest.approx(list(ci))  # reproducible from the file
-    assert sp["verdict"] == speed_verdict(ci) and sp["value"] == pytest.approx(rows["fp32"]["latency"]["1"]["median"] / rows["int8"]["latency"]["1"]["median"])
+    per_round = np.asarray(rows["fp32"]["round_medians"]["1"]) / np.asarray(rows["int8"]["round_medians"]["1"])
+    assert sp["verdict"] == speed_verdict(ci) and sp["value"] == pytest.approx(float(np.median(per_round)))
+    assert ci[0] <= sp["value"] <= ci[1]  # the value is the statistic the interval is of, so it lies inside it
     assert rows["fp32"].get("speedup") is None  # the reference is what the others are compared with
     timing = json.loads((tmp_path / "run" / "targets" / "onnxruntime" / "timing.json").read_text())
     assert timing["order"] == ["fp32", "int8"] and timing["protocol"]["rounds"] == rounds

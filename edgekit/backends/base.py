@@ -55,6 +55,9 @@ class Artifact:
             raise EdgekitError(f"{meta} is corrupt ({type(e).__name__}: {e})", "recompile the artifact") from e
         if not art.path.resolve().is_relative_to(meta.parent.resolve()):
             raise EdgekitError(f"{meta} names the file '{d['path']}', outside the artifact's folder", "recompile the artifact")
+        if not isinstance(art.backend, str) or art.backend not in _REGISTRY:
+            raise EdgekitError(f"{meta} names the backend {str(art.backend)[:40]!r}, which edgekit does not have",
+                               f"recompile the artifact (backends: {', '.join(_REGISTRY)})")
         if art.path.suffix == ".onnx" and art.path.is_file():
             from edgekit.limits import check_external_data
 

@@ -50,6 +50,23 @@ def _check_runtime(runtime: str) -> None:
         raise EdgekitError(f"unknown runtime '{runtime}'", f"choose one of {', '.join(RUNTIMES)}")
 
 
+def _same_inputs(sources) -> None:
+    """Every variant of a run is a compression of one model, so they all take the reference's inputs (or, without
+    one, those most of them take); a variant that does not (a foreign ONNX dropped into variants/) is named."""
+    from collections import Counter
+
+    from edgekit.recipe import REFERENCE_VARIANT
+
+    names = [tuple(v.spec.input_names) for v in sources]
+    ref = [n for v, n in zip(sources, names) if v.name == REFERENCE_VARIANT]
+    usual = ref[0] if ref else Counter(names).most_common(1)[0][0]
+    odd = [v for v, n in zip(sources, names) if n != usual]
+    if odd:
+        v = odd[0]
+        raise EdgekitError(f"variant '{v.name}' ({v.onnx}) takes the inputs {list(v.spec.input_names)}, not the run's {list(usual)}",
+                           "remove that folder from the run's variants/ (it is not a compression of the run's model) or pick variants with --variant")
+
+
 def deploy(run_dir, targets: list[str], runtime: str = "auto", accept_new_host: bool = False, identity=None,
            known_hosts=None, samples: int = DEFAULT_SAMPLES, samples_path=None, bench: dict | None = None,
            build: dict | None = None, variants: list[str] | None = None, on_event=None, check: bool = True) -> list[dict]:
@@ -59,6 +76,7 @@ def deploy(run_dir, targets: list[str], runtime: str = "auto", accept_new_host: 
     run_dir = Path(run_dir)
     refuse_overwrite([run_dir / "bundle", run_dir / "targets"], [identity, known_hosts, samples_path], "deploy's output")
     sources = _chosen_variants(run_dir, variants)
+    _same_inputs(sources)
     data = eval_samples(run_dir, sources[0].spec, samples, samples_path)
     recommended = _recommended(run_dir)
     bundle = run_dir / "bundle"
