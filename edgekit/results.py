@@ -345,11 +345,16 @@ def results_document(run: dict, budget: dict, reference_variant: str, calibratio
 
 
 def _source_phrase(source: str) -> str:
-    """avdigits' source ids ("fsdd:PATH:N", "espeak-ng") in words; any other source as it is."""
-    if source.startswith("fsdd:") and source.count(":") >= 2:
-        path, n = source[5:].rsplit(":", 1)
-        return f"avdigits with {n} real FSDD spoken-digit recordings ({path})"
-    return "avdigits with speech synthesized by espeak-ng (no FSDD folder given)" if source == "espeak-ng" else source
+    """avdigits' source ids ("avdigits (fsdd:PATH:N, seed 0)", "avdigits (espeak-ng, seed 0)") in words; any other
+    source as it is."""
+    import re
+
+    if not source.startswith("avdigits"):
+        return source
+    fsdd = re.search(r"fsdd:(.+):(\d+)", source)
+    if fsdd:
+        return f"avdigits with {fsdd.group(2)} real FSDD spoken-digit recordings ({fsdd.group(1)})"
+    return "avdigits with speech synthesized by espeak-ng (no FSDD folder given)" if "espeak-ng" in source else source
 
 
 def data_record(described: dict) -> dict | None:

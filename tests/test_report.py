@@ -214,3 +214,19 @@ def test_cli_report_on_corrupt_results_is_one_line(tmp_path):
     r = run_cli("report", tmp_path)
     assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_names_the_data_and_its_chance_level(tmp_path):
+    from edgekit.report import write_report
+    from edgekit.results import data_record
+
+    described = {"source": "avdigits (fsdd:/data/fsdd/recordings:3000, seed 0)", "classes": [str(i) for i in range(10)],
+                 "splits": {"test": {"size": 600, "classes": {str(i): 114 if i == 3 else 54 for i in range(10)}}}}  # one class over-represented
+    rec = data_record(described)
+    assert rec["chance"] == pytest.approx(114 / 600) and rec["test_size"] == 600 and rec["classes"] == 10
+    save_results(_doc(data=rec), tmp_path / "results.json")
+    md = write_report(tmp_path)["md"].read_text()
+    assert "avdigits with 3000 real FSDD spoken-digit recordings" in md and "(600 samples, 10 classes)" in md
+    assert "chance level (always the most common class) is 19.0%" in md
+    save_results(_doc(), tmp_path / "results.json")  # an older results.json without the record: no line, no error
+    assert "chance level" not in write_report(tmp_path)["md"].read_text()
