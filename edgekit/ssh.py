@@ -25,6 +25,10 @@ DEFAULT_PYTHON = "python3"
 _QUERY_KEYS = {"python", "workdir"}
 
 
+class ConnectionDropped(EdgekitError):
+    """The SSH link died (a transfer or command found it): callers that stream a run report how far it got."""
+
+
 @dataclass
 class Target:
     """One SSH device. `python` is the interpreter the agent runs under; `workdir` the folder holding the
@@ -230,7 +234,7 @@ class Connection:
         try:
             for raw in chan.makefile("rb"):
                 on_line(raw.decode(errors="replace").rstrip("\n"))
-        except (OSError, EOFError, socket.timeout):
+        except (OSError, EOFError, socket.timeout, ConnectionDropped):  # the last: on_line's own transfer found it
             return None
         except Exception as e:  # paramiko.SSHException on a dead transport
             if "SSHException" in type(e).__name__ or "Channel" in str(e):
@@ -244,7 +248,7 @@ class Connection:
         return None if code == -1 else code
 
     def dropped(self, e: BaseException) -> EdgekitError:
-        return EdgekitError(f"the connection to {self.target.address} dropped ({type(e).__name__}: {e})",
+        return ConnectionDropped(f"the connection to {self.target.address} dropped ({type(e).__name__}: {e})",
                             "check the network and the device; rerun the same command to resume")
 
     # ---- files -----------------------------------------------------------------------------------------
