@@ -41,14 +41,28 @@ def speedup_record(ref_rounds, var_rounds, ref_p50, var_p50, vs: str, batch: int
             "ci95": list(ci) if ci else None, "rounds": len(var_rounds or []), "verdict": speed_verdict(ci)}
 
 
-def paired_ci(a, b):
-    """95% interval of how many times faster result `b` is than `a` (results.json Result rows) at batch 1, from
-    their round medians; None unless both were timed in the same interleaved rounds."""
-    from edgekit.agent.measure import speedup_ci
-
+def _paired_rounds(a, b):
+    """Batch-1 round medians of results.json Result rows `a` and `b`, or None unless both were timed in the same
+    interleaved rounds."""
     if a.timing_session is None or a.timing_session != b.timing_session:
         return None
-    return speedup_ci(a.round_medians.get(1) or [], b.round_medians.get(1) or [])
+    return a.round_medians.get(1) or [], b.round_medians.get(1) or []
+
+
+def paired_ci(a, b):
+    """95% interval of how many times faster result `b` is than `a` at batch 1, from their round medians."""
+    from edgekit.agent.measure import speedup_ci
+
+    rounds = _paired_rounds(a, b)
+    return None if rounds is None else speedup_ci(*rounds)
+
+
+def paired_speedup(a, b):
+    """How many times faster `b` is than `a` at batch 1: the statistic paired_ci is the interval of."""
+    from edgekit.agent.measure import speedup_point
+
+    rounds = _paired_rounds(a, b)
+    return None if rounds is None else speedup_point(*rounds)
 
 
 def choose(ref, candidates: list):

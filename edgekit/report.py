@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from edgekit.bench import RUNTIME_PEAK_NOTE
 from edgekit.io import atomic_write_text
-from edgekit.judge import SPEED_RULE, budget_of, choose, paired_ci, speed_verdict
+from edgekit.judge import SPEED_RULE, budget_of, choose, paired_ci, paired_speedup, speed_verdict
 from edgekit.report_plots import write_figures
 from edgekit.report_precision import precision_section
 from edgekit.report_render import C, to_html, to_markdown
@@ -107,11 +107,7 @@ def _speedup(sp, ref, c) -> float | None:
     the same from their paired rounds; None when unpaired."""
     if sp is not None and sp.value:
         return sp.value
-    if ref is None or c is ref or ref.timing_session is None or ref.timing_session != c.timing_session:
-        return None
-    from edgekit.agent.measure import speedup_point
-
-    return speedup_point(ref.round_medians.get(1) or [], c.round_medians.get(1) or [])
+    return None if ref is None or c is ref else paired_speedup(ref, c)
 
 
 def _interval(w: Row) -> str:

@@ -140,16 +140,25 @@ def time_rounds(calls: dict, settings: dict | None = None, on_round=None) -> dic
             for n, by in times.items()}
 
 
+def _paired_ratios(ref_rounds, var_rounds):
+    """ref / var per round (paired by round: same length, 1-D, all positive), or None."""
+    import numpy as np
+
+    ref, var = np.asarray(ref_rounds, np.float64), np.asarray(var_rounds, np.float64)
+    if ref.shape != var.shape or ref.ndim != 1 or len(ref) == 0 or not (np.all(ref > 0) and np.all(var > 0)):
+        return None
+    return ref / var
+
+
 def speedup_ci(ref_rounds, var_rounds, level: float = CONFIDENCE, resamples: int = BOOTSTRAP, seed: int = SEED):
     """(low, high): the `level` confidence interval of how many times faster a model is than the reference, from
     their per-round medians of the same interleaved rounds (paired by round): the percentile bootstrap over rounds
     of the median per-round ratio ref / var. None with fewer than MIN_ROUNDS pairs or unequal round counts."""
     import numpy as np
 
-    ref, var = np.asarray(ref_rounds, np.float64), np.asarray(var_rounds, np.float64)
-    if ref.shape != var.shape or ref.ndim != 1 or len(ref) < MIN_ROUNDS or not (np.all(ref > 0) and np.all(var > 0)):
+    ratios = _paired_ratios(ref_rounds, var_rounds)
+    if ratios is None or len(ratios) < MIN_ROUNDS:
         return None
-    ratios = ref / var
     idx = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
     boot = np.median(ratios[idx], axis=1)
     low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
@@ -160,10 +169,8 @@ def speedup_point(ref_rounds, var_rounds):
     """The speedup whose interval speedup_ci gives: the median per-round ratio ref / var (None when unpaired)."""
     import numpy as np
 
-    ref, var = np.asarray(ref_rounds, np.float64), np.asarray(var_rounds, np.float64)
-    if ref.shape != var.shape or ref.ndim != 1 or len(ref) == 0 or not (np.all(ref > 0) and np.all(var > 0)):
-        return None
-    return float(np.median(ref / var))
+    ratios = _paired_ratios(ref_rounds, var_rounds)
+    return None if ratios is None else float(np.median(ratios))
 
 
 def wins(ci, over: float = 1.0) -> bool:
